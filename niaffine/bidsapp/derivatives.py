@@ -1,0 +1,225 @@
+# SPDX-License-Identifier: Apache-2.0
+"""BIDS-Derivatives writer: names, sidecars, dataset files, atomic writes.
+
+Every file is written under a hidden temporary name in its final folder and then
+renamed with :func:`os.replace`, which is atomic on POSIX file systems: a reader
+(or an interrupted run) sees either the old file or the complete new one, never
+half of it. Files shared by several participant jobs (``dataset_description.json``,
+``.bidsignore``) are merged under an exclusive lock on ``output_dir/.niaffine.lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from niaffine import __version__
+
+LOGGER = logging.getLogger("niaffine.bidsapp")
+DATATYPE = {"T1w": "anat", "T2w": "anat", "FLAIR": "anat", "PDw": "anat", "bold": "func",
+            "dwi": "dwi"}
+#: What BIDS has no name for yet: transforms, their sidecars, figures, logs, group QC.
+BIDSIGNORE = ("*_xfm.txt", "*_xfm.json", "figures/", "logs/", "group/", "*.html",
+              "sourcedata/")
+_NAME = re.compile(r"^(?P<entities>.+?)_(?P<suffix>[A-Za-z0-9]+)(?P<ext>\.nii(\.gz)?|\.[a-z]+)$")
+
+
+# --------------------------------------------------------------------------- atomic I/O
+def _temp_path(path: Path) -> Path:
+    # Hidden, unique, and ending like the target so nibabel picks the same format.
+    return path.with_name(f".tmp-{uuid.uuid4().hex[:12]}-{path.name}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to ``path``; rename it over ``path`` on success.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "a.txt"
+    >>> with atomic_path(target) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> target.read_text(), sorted(p.name for p in target.parent.iterdir())
+    ('done', ['a.txt'])
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_text(path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically; return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path, data: dict) -> Path:
+    """Write ``data`` as indented, key-sorted JSON atomically; return the path."""
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def copy_file(src, dst) -> Path:
+    """Copy ``src`` to ``dst`` atomically, converting NIfTI compression if the extensions differ.
+
+    Parameters
+    ----------
+    src, dst : path-like
+        Source (e.g. in a Nipype work folder) and derivative path.
+    """
+    src, dst = Path(src), Path(dst)
+    with atomic_path(dst) as tmp:
+        if src.name.endswith(".nii") and dst.name.endswith(".nii.gz"):
+            import nibabel as nb
+
+            img = nb.load(src)
+            nb.save(img.__class__(img.dataobj, img.affine, img.header), tmp)
+        else:
+            shutil.copyfile(src, tmp)
+    return dst
+
+
+@contextlib.contextmanager
+def output_lock(output_dir):
+    """Hold an exclusive ``flock`` on ``output_dir/.niaffine.lock`` (shared-file merges)."""
+    lock = Path(output_dir) / ".niaffine.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- dataset files
+def container_info() -> dict | None:
+    """Describe the container we run in (Docker/Podman/Apptainer), or ``None``."""
+    env = os.environ
+    if env.get("APPTAINER_CONTAINER") or env.get("SINGULARITY_CONTAINER"):
+        image = env.get("APPTAINER_NAME") or env.get("SINGULARITY_NAME") or ""
+        return {"Type": "apptainer", "Tag": image} if image else {"Type": "apptainer"}
+    if Path("/.dockerenv").exists() or Path("/run/.containerenv").exists():
+        info = {"Type": "docker"}
+        if env.get("NIAFFINE_CONTAINER_TAG"):
+            info["Tag"] = env["NIAFFINE_CONTAINER_TAG"]
+        return info
+    return None
+
+
+def dataset_description(bids_dir: Path) -> dict:
+    """The derivative ``dataset_description.json`` content for a run on ``bids_dir``."""
+    generated = {"Name": "niaffine", "Version": __version__,
+                 "CodeURL": "https://github.com/niaffine/niaffine"}
+    container = container_info()
+    if container:
+        generated["Container"] = container
+    source = {"URL": Path(bids_dir).resolve().as_uri()}
+    try:
+        raw = json.loads((Path(bids_dir) / "dataset_description.json").read_text())
+        if raw.get("DatasetDOI"):
+            source["DOI"] = raw["DatasetDOI"]
+        if raw.get("BIDSVersion"):
+            source["Version"] = raw.get("Version", raw["BIDSVersion"])
+    except (OSError, json.JSONDecodeError):
+        pass
+    return {
+        "Name": "niaffine derivatives",
+        "BIDSVersion": "1.10.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated],
+        "SourceDatasets": [source],
+        "DatasetLinks": {"raw": Path(bids_dir).resolve().as_uri()},
+        "HowToAcknowledge": "Please cite niaffine and name its version.",
+    }
+
+
+def init_output_dir(output_dir, bids_dir) -> None:
+    """Write ``dataset_description.json`` and merge ``.bidsignore``, safely across jobs."""
+    output_dir = Path(output_dir)
+    (output_dir / "logs").mkdir(parents=True, exist_ok=True)
+    with output_lock(output_dir):
+        write_json(output_dir / "dataset_description.json", dataset_description(bids_dir))
+        ignore = output_dir / ".bidsignore"
+        lines = ignore.read_text().splitlines() if ignore.exists() else []
+        merged = list(dict.fromkeys([line for line in lines if line.strip()] + list(BIDSIGNORE)))
+        if merged != lines:
+            write_text(ignore, "\n".join(merged) + "\n")
+
+
+# --------------------------------------------------------------------------- names
+def parse_name(path) -> tuple[list[tuple[str, str]], str, str]:
+    """Split a BIDS file name into ``(entities, suffix, extension)``.
+
+    Examples
+    --------
+    >>> parse_name("/d/sub-01/func/sub-01_task-rest_run-1_bold.nii.gz")
+    ([('sub', '01'), ('task', 'rest'), ('run', '1')], 'bold', '.nii.gz')
+    """
+    match = _NAME.match(Path(path).name)
+    if not match:
+        raise ValueError(f"not a BIDS file name: {path}")
+    entities = [tuple(part.split("-", 1)) for part in match.group("entities").split("_")]
+    if not all(len(pair) == 2 for pair in entities):
+        raise ValueError(f"not a BIDS file name: {path}")
+    return entities, match.group("suffix"), match.group("ext")
+
+
+def build_name(entities, suffix: str, ext: str) -> str:
+    """Join ``entities`` (pairs, in order), ``suffix`` and ``ext`` into a file name.
+
+    >>> build_name([("sub", "01"), ("space", "T1w")], "T2w", ".nii.gz")
+    'sub-01_space-T1w_T2w.nii.gz'
+    """
+    return "_".join([f"{k}-{v}" for k, v in entities] + [suffix]) + ext
+
+
+def subject_prefix(subject: str, session: str | None) -> list[tuple[str, str]]:
+    """``[("sub", subject), ("ses", session)]`` without a missing session."""
+    return [("sub", subject)] + ([("ses", session)] if session else [])
+
+
+def subject_dir(output_dir, subject: str, session: str | None, datatype: str) -> Path:
+    """``output_dir/sub-X[/ses-Y]/<datatype>``."""
+    base = Path(output_dir) / f"sub-{subject}"
+    return (base / f"ses-{session}" if session else base) / datatype
+
+
+def image_entities(path, subject: str, session: str | None) -> list[tuple[str, str]]:
+    """Entities of a source image, subject/session first (raw entities kept in order)."""
+    entities, _, _ = parse_name(path)
+    rest = [(k, v) for k, v in entities if k not in ("sub", "ses")]
+    return subject_prefix(subject, session) + rest
+
+
+def bids_uri(path, bids_dir) -> str:
+    """``bids:raw:<relative path>`` for a file of the raw dataset (else its absolute path).
+
+    >>> bids_uri("/data/ds/sub-01/anat/sub-01_T1w.nii.gz", "/data/ds")
+    'bids:raw:sub-01/anat/sub-01_T1w.nii.gz'
+    """
+    try:
+        return "bids:raw:" + Path(path).relative_to(bids_dir).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def with_space(entities, space: str) -> list[tuple[str, str]]:
+    """Insert ``space`` after the source entities (before ``desc``), replacing any other."""
+    kept = [(k, v) for k, v in entities if k not in ("space", "desc")]
+    desc = [(k, v) for k, v in entities if k == "desc"]
+    return kept + [("space", space)] + desc

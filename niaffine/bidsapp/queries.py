@@ -1,0 +1,228 @@
+# SPDX-License-Identifier: Apache-2.0
+"""BIDS queries: validate the input dataset, index it, select subjects and their images.
+
+The result of :func:`collect_subjects` is a list of plain ``subject_data`` dicts,
+exactly what ``init_single_subject_wf`` takes, plus a list of subjects skipped
+with the reason (e.g. no T1w). :func:`check_nifti` is a cheap pre-flight check
+that names corrupt or truncated files before any workflow starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from niaffine.bidsapp import errors
+
+LOGGER = logging.getLogger("niaffine.bidsapp")
+DATATYPES = {"T2w": "anat", "FLAIR": "anat", "PDw": "anat", "bold": "func", "dwi": "dwi"}
+NIFTI = [".nii", ".nii.gz"]
+#: Folders never indexed: they are not raw data.
+IGNORE = ("code", "derivatives", "sourcedata", "stimuli", "models")
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A subject (and session) that cannot be processed, and why."""
+
+    subject: str
+    session: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        ses = f" ses-{self.session}" if self.session else ""
+        return f"sub-{self.subject}{ses}: {self.reason}"
+
+
+def find_validator() -> str | None:
+    """Path of ``bids-validator-deno`` (next to this Python first, then on ``PATH``)."""
+    local = Path(sys.executable).parent / "bids-validator-deno"
+    if local.exists() and os.access(local, os.X_OK):
+        return str(local)
+    return shutil.which("bids-validator-deno")
+
+
+def validate_dataset(bids_dir, *, timeout: float = 600.0) -> None:
+    """Run the BIDS validator on ``bids_dir``; raise exit code 16 on errors.
+
+    Without ``bids-validator-deno`` installed the check is skipped with a warning
+    (pybids still refuses folders without ``dataset_description.json``).
+    """
+    validator = find_validator()
+    if validator is None:
+        LOGGER.warning("bids-validator-deno not found: skipping BIDS validation "
+                       "(pip install bids-validator-deno)")
+        return
+    cmd = [validator, "--ignoreWarnings", str(bids_dir)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        LOGGER.warning("BIDS validator could not run (%s): skipping validation", exc)
+        return
+    if proc.returncode != 0:
+        report = (proc.stdout + proc.stderr).strip().splitlines()
+        errs = [line.strip() for line in report if "[ERROR]" in line or "ERR" in line]
+        summary = "; ".join(errs[:3]) or (report[-1] if report else "")
+        raise errors.BidsAppError(
+            f"BIDS validation failed for {bids_dir}: {summary} (run bids-validator-deno on it "
+            "for details, or pass --skip-bids-validation)", errors.EXIT_BIDS_INVALID)
+    LOGGER.info("BIDS validation passed: %s", bids_dir)
+
+
+def load_layout(bids_dir, database_dir=None):
+    """Index ``bids_dir`` with pybids (reusing ``database_dir`` when it holds an index)."""
+    from bids import BIDSLayout, BIDSLayoutIndexer
+    from bids.exceptions import BIDSValidationError
+
+    kwargs = {}
+    if database_dir is not None:
+        Path(database_dir).mkdir(parents=True, exist_ok=True)
+        kwargs["database_path"] = str(database_dir)
+    try:
+        return BIDSLayout(str(bids_dir), validate=False,
+                          indexer=BIDSLayoutIndexer(validate=False, ignore=list(IGNORE)),
+                          **kwargs)
+    except (BIDSValidationError, ValueError) as exc:
+        raise errors.BidsAppError(f"{bids_dir} is not a BIDS dataset: {exc}",
+                                  errors.EXIT_BIDS_INVALID) from None
+
+
+def _query(layout, subject, session, suffix, datatype, filters):
+    from bids.layout import Query
+
+    query = {"subject": subject, "suffix": suffix, "datatype": datatype, "extension": NIFTI,
+             "session": session if session else Query.NONE}
+    query.update(filters.get(suffix.lower(), {}))
+    return sorted(layout.get(return_type="file", **query))
+
+
+def collect_subjects(layout, *, participant_label=(), session_label=(), modalities=None,
+                     bids_filters=None) -> tuple[list[dict], list[Skipped]]:
+    """Select the subjects/sessions to process and their images.
+
+    Returns
+    -------
+    subjects : list of dict
+        ``subject_data`` dicts for ``init_single_subject_wf``.
+    skipped : list of Skipped
+        Subjects/sessions without a usable T1w.
+
+    Raises
+    ------
+    BidsAppError
+        Code 18 when labels name subjects or sessions that do not exist, or when
+        the selection is empty.
+    """
+    filters = {k.lower(): v for k, v in (bids_filters or {}).items()}
+    modalities = tuple(DATATYPES) if modalities is None else tuple(modalities)
+    available = sorted(layout.get_subjects())
+    if not available:
+        raise errors.BidsAppError(f"no subjects (sub-*) found in {layout.root}",
+                                  errors.EXIT_NO_MATCH)
+    chosen = list(participant_label) or available
+    missing = [s for s in chosen if s not in available]
+    if missing:
+        raise errors.BidsAppError(
+            f"participant label(s) {', '.join('sub-' + s for s in missing)} match no subject "
+            f"in {layout.root} (found: {', '.join(available[:10])}"
+            f"{', ...' if len(available) > 10 else ''})", errors.EXIT_NO_MATCH)
+    subjects, skipped, sessions_seen = [], [], set()
+    for sub in chosen:
+        sessions = sorted(layout.get_sessions(subject=sub)) or [None]
+        sessions_seen.update(s for s in sessions if s)
+        if session_label:
+            sessions = [s for s in sessions if s in session_label]
+        for ses in sessions:
+            t1w = _query(layout, sub, ses, "T1w", "anat", filters)
+            if not t1w:
+                skipped.append(Skipped(sub, ses, "no T1w image found; skipped"))
+                continue
+            if len(t1w) > 1:
+                LOGGER.warning("sub-%s%s: %d T1w images, using %s (select with "
+                               "--bids-filter-file)", sub, f" ses-{ses}" if ses else "",
+                               len(t1w), Path(t1w[0]).name)
+            images = []
+            for suffix in modalities:
+                for path in _query(layout, sub, ses, suffix, DATATYPES[suffix], filters):
+                    bvals = None
+                    if suffix == "dwi":
+                        bvals = layout.get_bval(path) or None
+                    images.append({"path": path, "suffix": suffix, "bvals": bvals})
+            subjects.append({"subject": sub, "session": ses, "t1w": t1w[0], "images": images})
+    unknown = [s for s in session_label if s not in sessions_seen]
+    if session_label and unknown:
+        raise errors.BidsAppError(
+            f"session label(s) {', '.join('ses-' + s for s in unknown)} match no session of "
+            f"the selected subjects", errors.EXIT_NO_MATCH)
+    if not subjects and not skipped:
+        raise errors.BidsAppError("the selection (labels and filters) matches no data",
+                                  errors.EXIT_NO_MATCH)
+    return subjects, skipped
+
+
+def _gzip_isize(path: Path) -> int:
+    with open(path, "rb") as handle:
+        handle.seek(-4, os.SEEK_END)
+        return int.from_bytes(handle.read(4), "little")
+
+
+def _gzip_length(path: Path) -> int:
+    total = 0
+    with gzip.open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            total += len(chunk)
+    return total
+
+
+def check_nifti(path) -> None:
+    """Cheap integrity check of a NIfTI file: header, and size of the data block.
+
+    For ``.nii.gz`` the gzip trailer's length field is compared with the expected
+    size; only if it disagrees is the file decompressed (multi-member gzip) to
+    confirm. Reads no image data otherwise.
+
+    Raises
+    ------
+    BidsAppError
+        Code 65 naming the file.
+    """
+    import nibabel as nb
+
+    path = Path(path)
+    try:
+        img = nb.load(str(path))
+        header = img.header
+        expected = int(header.get_data_offset()) + int(
+            header.get_data_dtype().itemsize * max(1, int(_prod(img.shape))))
+        if path.name.endswith(".gz"):
+            size = _gzip_isize(path)
+            if size != expected % (1 << 32) and _gzip_length(path) < expected:
+                raise ValueError(f"data truncated (expected {expected} bytes)")
+        elif path.stat().st_size < expected:
+            raise ValueError(f"data truncated ({path.stat().st_size} of {expected} bytes)")
+    except errors.BidsAppError:
+        raise
+    except Exception as exc:  # nibabel raises many types on bad files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise errors.BidsAppError(f"corrupt or truncated NIfTI file {path}: {reason}",
+                                  errors.EXIT_NO_DATA) from None
+
+
+def _prod(shape) -> int:
+    out = 1
+    for n in shape:
+        out *= int(n)
+    return out
+
+
+def check_inputs(subjects: list[dict]) -> None:
+    """Run :func:`check_nifti` on every T1w and image of the selection."""
+    for data in subjects:
+        for path in [data["t1w"]] + [img["path"] for img in data["images"]]:
+            check_nifti(path)
