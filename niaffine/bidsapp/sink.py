@@ -234,3 +234,28 @@ class SubjectSink(SimpleInterface):
             self.inputs.output_dir, self.inputs.bids_dir, self.inputs.subject_data, outputs,
             self.inputs.template_space)
         return runtime
+
+
+class _SubjectReportInputSpec(BaseInterfaceInputSpec):
+    output_dir = traits.Str(mandatory=True, desc="derivatives root")
+    subject = traits.Str(mandatory=True, desc="subject label")
+    in_files = traits.List(traits.Any, desc="files written by the subject's sinks (ordering)")
+
+
+class _SubjectReportOutputSpec(TraitedSpec):
+    out_report = traits.Str(desc="the subject's HTML report")
+
+
+class SubjectReport(SimpleInterface):
+    """Write ``sub-<label>.html`` once all the subject's sessions are sunk (always reruns)."""
+
+    input_spec = _SubjectReportInputSpec
+    output_spec = _SubjectReportOutputSpec
+    _always_run = True
+
+    def _run_interface(self, runtime):
+        from niaffine.bidsapp.reports import write_subject_report
+
+        path = write_subject_report(self.inputs.output_dir, self.inputs.subject)
+        self._results["out_report"] = str(path)
+        return runtime

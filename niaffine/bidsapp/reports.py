@@ -1,0 +1,308 @@
+# SPDX-License-Identifier: Apache-2.0
+"""HTML reports and group-level QC, built from the derivatives on disk.
+
+Reports read only what the sink wrote (transform sidecars and ``figures/``), so
+they can be rebuilt at any time (``--reports-only``) and never depend on a work
+directory. Every page is a single self-contained HTML file with relative links:
+it opens offline, from a copy of the output folder, in any browser.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import html
+import io
+import json
+import logging
+import math
+import re
+from pathlib import Path
+
+from niaffine import __version__
+from niaffine.bidsapp import derivatives as drv
+
+LOGGER = logging.getLogger("niaffine.bidsapp")
+QC_COLUMNS = ("subject", "session", "source", "target", "metric", "final_metric", "dof",
+              "iterations", "elapsed_s", "mask_volume_ml", "flags", "transform")
+#: Plausible adult brain-mask volumes (ml); outside is flagged.
+MASK_VOLUME_RANGE = (800.0, 2200.0)
+ROBUST_Z = 3.5
+_CSS = """
+body{font-family:system-ui,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
+color:#222;line-height:1.4}h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:3px 8px;
+text-align:left}th{background:#f3f3f3}.flag{color:#b00;font-weight:bold}.ok{color:#070}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555}.meta{color:#666;font-size:.85em}
+"""
+
+
+def _page(title: str, body: str) -> str:
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
+            f"<h1>{html.escape(title)}</h1>\n<p class=\"meta\">niaffine {__version__}, "
+            f"{stamp}</p>\n{body}\n</body></html>\n")
+
+
+def _entity(name: str, key: str) -> str | None:
+    match = re.search(rf"(?:^|_){key}-([A-Za-z0-9]+)", name)
+    return match.group(1) if match else None
+
+
+def _number(value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def collect_registrations(output_dir) -> list[dict]:
+    """One row per registration, read from the forward transforms' JSON sidecars.
+
+    A forward transform is ``from-<image>_to-T1w`` (coregistration) or
+    ``from-T1w_to-<template>`` (spatial normalisation).
+    """
+    output_dir = Path(output_dir)
+    rows = []
+    for sidecar in sorted(output_dir.glob("sub-*/**/*_xfm.json")):
+        name = sidecar.name
+        source, target = _entity(name, "from"), _entity(name, "to")
+        coreg = target == "T1w" and source in drv.DATATYPE and source != "T1w"
+        normalisation = source == "T1w" and target is not None and target not in drv.DATATYPE
+        if not (coreg or normalisation):
+            continue  # an inverse transform
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, json.JSONDecodeError):
+            meta = {}
+        entities, _, _ = drv.parse_name(sidecar.with_suffix(".txt"))
+        label = "_".join(f"{k}-{v}" for k, v in entities
+                         if k not in ("sub", "ses", "from", "to", "mode"))
+        rows.append({
+            "subject": _entity(name, "sub"), "session": _entity(name, "ses") or "n/a",
+            "source": f"{label}:{source}" if label else source, "target": target,
+            "metric": meta.get("Metric", "n/a"),
+            "final_metric": _number(meta.get("FinalMetric")), "dof": meta.get("DOF", "n/a"),
+            "iterations": meta.get("Iterations", "n/a"),
+            "elapsed_s": _number(meta.get("ElapsedSeconds")),
+            "mask_volume_ml": _number(meta.get("MaskVolumeML")),
+            "transform": sidecar.with_suffix(".txt").relative_to(output_dir).as_posix(),
+        })
+    return rows
+
+
+def _median(values):
+    values = sorted(values)
+    n = len(values)
+    return (values[n // 2] + values[(n - 1) // 2]) / 2.0 if n else float("nan")
+
+
+def robust_z(values: list[float]) -> list[float]:
+    """Robust z-scores ``0.6745 (x - median) / MAD`` (0 where MAD is 0).
+
+    >>> [round(z, 1) for z in robust_z([1.0, 1.1, 0.9, 1.0, 5.0])]
+    [0.0, 0.7, -0.7, 0.0, 27.0]
+    """
+    med = _median(values)
+    mad = _median([abs(v - med) for v in values])
+    if not mad:
+        return [0.0 for _ in values]
+    return [0.6745 * (v - med) / mad for v in values]
+
+
+def flag_rows(rows: list[dict]) -> list[dict]:
+    """Add a ``flags`` column: ``no_metric``, ``metric_outlier``, ``mask_volume``.
+
+    Outliers are robust z-scores beyond :data:`ROBUST_Z` within each
+    (source type, target) group of at least 4 registrations.
+    """
+    for row in rows:
+        row["flags"] = []
+        if row["final_metric"] is None:
+            row["flags"].append("no_metric")
+        volume = row["mask_volume_ml"]
+        if volume is not None and not MASK_VOLUME_RANGE[0] <= volume <= MASK_VOLUME_RANGE[1]:
+            row["flags"].append("mask_volume")
+    groups: dict = {}
+    for row in rows:
+        if row["final_metric"] is not None:
+            groups.setdefault((row["source"].split(":")[-1], row["target"]), []).append(row)
+    for members in groups.values():
+        if len(members) < 4:
+            continue
+        for row, z in zip(members, robust_z([r["final_metric"] for r in members])):
+            if abs(z) > ROBUST_Z:
+                row["flags"].append("metric_outlier")
+    for row in rows:
+        row["flags"] = ",".join(row["flags"]) or "n/a"
+    return rows
+
+
+def _tsv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(QC_COLUMNS)
+    for row in rows:
+        writer.writerow(["n/a" if row.get(c) is None else row.get(c) for c in QC_COLUMNS])
+    return buffer.getvalue()
+
+
+def _svg(fig) -> str:
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _plots(rows: list[dict]) -> str:
+    """Inline SVG: final metric per registration type, and mask volumes; flagged in red."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    kinds = sorted({(r["source"].split(":")[-1], r["target"]) for r in rows})
+    if not kinds:
+        return "<p>No registrations found.</p>"
+    fig = Figure(figsize=(max(4.0, 2.2 * len(kinds)), 3.6))
+    axes = fig.subplots(1, len(kinds), squeeze=False)[0]
+    for ax, (source, target) in zip(axes, kinds):
+        members = [r for r in rows if (r["source"].split(":")[-1], r["target"]) == (source, target)
+                   and r["final_metric"] is not None]
+        for i, row in enumerate(members):
+            bad = row["flags"] != "n/a"
+            jitter = ((i * 0.618) % 1.0 - 0.5) * 0.4
+            ax.plot(jitter, row["final_metric"], "o", color="#c00" if bad else "#369",
+                    markersize=7 if bad else 5, alpha=0.9)
+            if bad:
+                ax.annotate(f"sub-{row['subject']}", (jitter, row["final_metric"]),
+                            fontsize=7, color="#c00", xytext=(4, 2), textcoords="offset points")
+        ax.set_xlim(-0.6, 0.6)
+        ax.set_xticks([])
+        ax.set_title(f"{source} → {target}\n(n={len(members)})", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("final metric")
+    fig.suptitle("Final similarity metric per registration type (red: flagged)", fontsize=10)
+    out = _svg(fig)
+    volumes = {}
+    for row in rows:
+        if row["mask_volume_ml"] is not None:
+            volumes.setdefault((row["subject"], row["session"]), row["mask_volume_ml"])
+    if volumes:
+        keys = sorted(volumes)
+        fig = Figure(figsize=(min(12.0, max(4.0, 0.35 * len(keys) + 2)), 3.0))
+        ax = fig.subplots()
+        colors = ["#c00" if not MASK_VOLUME_RANGE[0] <= volumes[k] <= MASK_VOLUME_RANGE[1]
+                  else "#369" for k in keys]
+        ax.bar(range(len(keys)), [volumes[k] for k in keys], color=colors)
+        ax.set_xticks(range(len(keys)))
+        ax.set_xticklabels([f"{s}" + ("" if ses == "n/a" else f"/{ses}") for s, ses in keys],
+                           rotation=90, fontsize=7)
+        for bound in MASK_VOLUME_RANGE:
+            ax.axhline(bound, color="#999", linestyle="--", linewidth=0.8)
+        ax.set_ylabel("brain mask (ml)")
+        ax.set_title("Brain-mask volume per subject/session", fontsize=10)
+        out += _svg(fig)
+    return out
+
+
+def _table(rows: list[dict], columns, link_subject: str = "") -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            text = "n/a" if value is None else (f"{value:.4g}" if isinstance(value, float)
+                                                 else str(value))
+            if column == "subject" and link_subject:
+                text = f'<a href="{link_subject}sub-{value}.html">sub-{html.escape(text)}</a>'
+            elif column == "flags" and text != "n/a":
+                text = f'<span class="flag">{html.escape(text)}</span>'
+            else:
+                text = html.escape(text)
+            cells.append(f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>\n" + "\n".join(body) + "</table>"
+
+
+def write_subject_report(output_dir, subject: str, problems: list[str] | None = None) -> Path:
+    """Write ``output_dir/sub-<subject>.html`` from the derivatives on disk.
+
+    Parameters
+    ----------
+    output_dir : path-like
+        Derivatives root.
+    subject : str
+        Subject label.
+    problems : list of str, optional
+        Messages to show in an *Errors* section (failed or skipped sessions).
+    """
+    output_dir = Path(output_dir)
+    rows = flag_rows([r for r in collect_registrations(output_dir) if r["subject"] == subject])
+    parts = []
+    if problems:
+        items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+        parts.append(f"<h2>Errors</h2><ul class=\"flag\">{items}</ul>")
+    parts.append("<h2>Summary</h2>")
+    if rows:
+        parts.append(_table(rows, ("session", "source", "target", "metric", "final_metric",
+                                   "dof", "iterations", "elapsed_s", "mask_volume_ml",
+                                   "flags")))
+    else:
+        parts.append("<p>No registrations were written for this subject.</p>")
+    figures = sorted((output_dir / f"sub-{subject}" / "figures").glob("*.svg"))
+    sessions = sorted({_entity(f.name, "ses") or "" for f in figures})
+    for session in sessions:
+        parts.append(f"<h2>{'Session ' + html.escape(session) if session else 'Figures'}</h2>")
+        for figure in figures:
+            if (_entity(figure.name, "ses") or "") != session:
+                continue
+            rel = figure.relative_to(output_dir).as_posix()
+            parts.append(f'<figure><img src="{html.escape(rel)}" alt="{html.escape(figure.name)}"'
+                         f'><figcaption>{html.escape(figure.name)}</figcaption></figure>')
+    parts.append('<h2>About</h2><p>Transforms map reference (fixed) points to moving points '
+                 '(ITK convention, as fMRIPrep). See <code>docs/outputs.md</code>.</p>')
+    path = output_dir / f"sub-{subject}.html"
+    drv.write_text(path, _page(f"niaffine report: sub-{subject}", "\n".join(parts)))
+    LOGGER.info("report written: %s", path)
+    return path
+
+
+def write_group_outputs(output_dir) -> tuple[Path, Path, list[dict]]:
+    """Write ``group/registration_qc.tsv`` (+ JSON) and ``group/index.html``.
+
+    Returns
+    -------
+    tsv, index : Path
+        The QC table and the dataset-wide report.
+    rows : list of dict
+        The flagged rows.
+    """
+    output_dir = Path(output_dir)
+    rows = flag_rows(collect_registrations(output_dir))
+    group = output_dir / "group"
+    tsv = drv.write_text(group / "registration_qc.tsv", _tsv(rows))
+    drv.write_json(group / "registration_qc.json", {
+        "final_metric": {"Description": "similarity at convergence (as reported by the engine)"},
+        "mask_volume_ml": {"Description": "T1w brain-mask volume", "Units": "ml"},
+        "elapsed_s": {"Description": "registration time", "Units": "s"},
+        "flags": {"Description": "no_metric, metric_outlier (robust z > 3.5 within its "
+                  "registration type), mask_volume (outside 800-2200 ml)"},
+    })
+    flagged = [r for r in rows if r["flags"] != "n/a"]
+    subjects = sorted({r["subject"] for r in rows})
+    body = [f"<p>{len(subjects)} subjects, {len(rows)} registrations, "
+            f"<span class=\"{'flag' if flagged else 'ok'}\">{len(flagged)} flagged</span>. "
+            "QC table: <a href=\"registration_qc.tsv\">registration_qc.tsv</a>.</p>",
+            "<h2>Across the dataset</h2>", _plots(rows)]
+    if flagged:
+        body += ["<h2>Flagged</h2>", _table(flagged, QC_COLUMNS[:-1], link_subject="../")]
+    body += ["<h2>All registrations</h2>", _table(rows, QC_COLUMNS[:-1], link_subject="../")]
+    index = drv.write_text(group / "index.html",
+                           _page("niaffine group report", "\n".join(body)))
+    LOGGER.info("group outputs written: %s, %s", tsv, index)
+    return tsv, index, rows
