@@ -1,0 +1,180 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Helpers shared by niaffine's nipype interfaces: output names, devices, threads, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+LOGGER = logging.getLogger("niaffine.interfaces")
+
+#: NIfTI extensions stripped from input names when output names are derived.
+_NIFTI_EXTS = (".nii.gz", ".nii", ".mgz", ".img", ".hdr")
+
+
+class NodeError(RuntimeError):
+    """A failure inside a niaffine interface, with a one-line message naming its inputs.
+
+    Nipype stores the traceback of a failed node in its crash file and in the
+    ``NodeExecutionError`` it raises; the last line of either is this message.
+    """
+
+
+def split_nifti_name(path: str | os.PathLike) -> tuple[str, str]:
+    """Split a file name into its stem and (possibly double) extension.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A file name, with or without folders.
+
+    Returns
+    -------
+    stem : str
+        Base name without folders and extension.
+    ext : str
+        Extension, ``".nii.gz"`` counted as one.
+
+    Examples
+    --------
+    >>> split_nifti_name("/data/sub-01_T1w.nii.gz")
+    ('sub-01_T1w', '.nii.gz')
+    >>> split_nifti_name("xfm.txt")
+    ('xfm', '.txt')
+    """
+    name = Path(path).name
+    for ext in _NIFTI_EXTS:
+        if name.endswith(ext):
+            return name[: -len(ext)], ext
+    stem, dot, ext = name.rpartition(".")
+    return (stem, dot + ext) if dot else (name, "")
+
+
+def derived_name(
+    in_file: str | os.PathLike, suffix: str, ext: str = ".nii.gz", newpath: str | None = None
+) -> str:
+    """Absolute path of an output named after an input.
+
+    Parameters
+    ----------
+    in_file : str or path-like
+        The input the output derives from.
+    suffix : str
+        Appended to the input's stem (e.g. ``"_mask"``).
+    ext : str
+        Extension of the output.
+    newpath : str, optional
+        Folder of the output (default: the current working directory, which is
+        the node's folder when nipype runs an interface).
+
+    Examples
+    --------
+    >>> derived_name("/in/sub-01_T1w.nii.gz", "_mask", newpath="/out")
+    '/out/sub-01_T1w_mask.nii.gz'
+    """
+    stem, _ = split_nifti_name(in_file)
+    return str(Path(newpath or os.getcwd()).absolute() / f"{stem}{suffix}{ext}")
+
+
+def resolve_device(device: str = "cpu", use_gpu: bool = False) -> str:
+    """The torch device an interface runs on.
+
+    ``use_gpu`` asks for CUDA; ``"auto"`` takes CUDA when torch sees it.
+
+    Examples
+    --------
+    >>> resolve_device("cpu", use_gpu=False)
+    'cpu'
+    """
+    import torch
+
+    device = str(device or "cpu")
+    if use_gpu and not device.startswith("cuda"):
+        device = "cuda"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise NodeError(f"device {device!r} was requested but torch sees no CUDA device")
+    return device
+
+
+@contextlib.contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Limit torch's intra-op threads for the duration of a block (``None`` leaves them)."""
+    import torch
+
+    if not num_threads or num_threads < 1:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def node_errors(interface: str, **files: object) -> Iterator[None]:
+    """Re-raise any failure as a :class:`NodeError` naming the interface and its input files.
+
+    Parameters
+    ----------
+    interface : str
+        Name shown first in the message.
+    **files
+        Input roles and their paths; ``None`` and undefined values are left out.
+
+    Examples
+    --------
+    >>> try:
+    ...     with node_errors("ApplyAffine", input_image="/d/bold.nii.gz"):
+    ...         raise ValueError("not a NIfTI file")
+    ... except NodeError as err:
+    ...     print(err)
+    ApplyAffine failed on input_image=/d/bold.nii.gz: not a NIfTI file
+    """
+    try:
+        yield
+    except NodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure gets the same clear message
+        named = ", ".join(
+            f"{role}={value}" for role, value in files.items() if _is_defined(value)
+        )
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NodeError(f"{interface} failed on {named or 'its inputs'}: {reason}") from exc
+
+
+def _is_defined(value: object) -> bool:
+    from nipype.interfaces.base import isdefined
+
+    return value is not None and isdefined(value) and value != []
+
+
+def load_image(path: str | os.PathLike, role: str = "image"):
+    """Load and validate an image through :func:`niaffine.io.load_image`.
+
+    Falls back to a plain :func:`nibabel.load` with the same checks while
+    ``niaffine.io`` is not importable.
+    """
+    try:
+        from niaffine.io import load_image as _load
+    except ImportError:
+        _load = None
+    if _load is not None:
+        return _load(path, role=role)
+
+    import nibabel as nb
+    import numpy as np
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{role} {path} does not exist")
+    img = nb.load(str(path))
+    data = np.asanyarray(img.dataobj)
+    if not np.all(np.isfinite(data)) or not np.any(data):
+        raise ValueError(f"{role} {path} is empty or holds non-finite values")
+    return img
