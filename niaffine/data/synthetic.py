@@ -317,6 +317,7 @@ def make_case(
     bias: bool = True,
     noise: bool = True,
     scalp: bool = False,
+    moving_shape: Sequence[int] | None = None,
     max_rotation_deg: float = 30.0,
     max_translation_mm: float = 30.0,
     max_scale: float = 0.10,
@@ -349,6 +350,10 @@ def make_case(
     crop, bias, noise, scalp : bool
         Tight field of view; 20 % bias field; 2 % Rician noise; synthetic skull and scalp
         around the moving brain (the fixed image stays skull-stripped).
+    moving_shape : (3,) sequence of int, optional
+        Fixed moving grid size (e.g. to batch cases), centred on the moved brain; by default
+        the size follows the brain's extent and the margins. A warning is logged when this
+        size cuts the brain.
     max_rotation_deg, max_translation_mm, max_scale, max_shear : float
         Ranges for `random_affine`.
     order : {1, 3}
@@ -378,6 +383,10 @@ def make_case(
     low, high = along.min(axis=0) - margins[0], along.max(axis=0) + margins[1]
     spacing = np.broadcast_to(np.asarray(moving_voxel_size, dtype=float), (3,))
     shape = tuple(int(s) for s in np.ceil((high - low) / spacing).astype(int) + 1)
+    if moving_shape is not None:
+        if np.any((np.asarray(moving_shape) - 1) * spacing < (high - low) - margins.sum(axis=0)):
+            LOGGER.warning("moving_shape %s cuts the brain (needs %s)", moving_shape, shape)
+        shape = tuple(int(s) for s in moving_shape)
     grid = make_grid(shape=shape, voxel_size=spacing, orientation=orientation,
                      oblique_deg=oblique_deg, centre=directions @ ((low + high) / 2.0))
 

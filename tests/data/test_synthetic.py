@@ -132,3 +132,16 @@ def test_bias_field_and_noise():
     assert noisy[10:20].std() == pytest.approx(5.0, rel=0.05)
     gauss = np.asanyarray(synthetic.add_noise(img, rng, 0.05, kind="gaussian").dataobj)
     assert abs(gauss[:10].mean()) < 0.2
+
+
+def test_case_with_given_moving_shape():
+    """Cases on one moving shape (for batching) keep the brain inside the field of view."""
+    shape = (190, 250, 170)
+    for seed in (0, 1):
+        case = synthetic.make_case(np.random.default_rng(seed), moving_shape=shape,
+                                   bias=False, noise=False, order=1)
+        assert case.moving.shape == shape
+        mask = np.asanyarray(case.moving_mask.dataobj)
+        fixed_ml = np.asanyarray(case.fixed_mask.dataobj).sum() / 1000.0
+        det = abs(np.linalg.det(case.true_matrix))
+        assert mask.sum() * 1.8 / 1000.0 == pytest.approx(fixed_ml * det, rel=0.01)
