@@ -1,0 +1,295 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The single-subject workflow: brain mask, normalisation, coregistration and resampling."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from niaffine.interfaces.reference import ReferenceVolume
+from niaffine.interfaces.templates import KNOWN_TEMPLATES
+
+from .brainmask import init_brainmask_wf
+from .coreg import init_coreg_wf
+from .resample import init_resample_wf
+from .template import init_template_wf
+
+#: Suffixes of the images ``subject_data["images"]`` may hold.
+IMAGE_SUFFIXES = ("T2w", "FLAIR", "PDw", "bold", "dwi")
+#: Suffixes of series whose reference volume is registered.
+SERIES_SUFFIXES = ("bold", "dwi")
+
+OUTPUT_FIELDS = [
+    "t1w_preproc", "t1w_mask", "t1w_brain", "t1w2template_xfm", "template2t1w_xfm",
+    "t1w_template", "template", "coreg_xfms", "t1w2image_xfms", "images_t1w",
+    "images_template", "reportlets", "metrics",
+]
+
+
+def select_template_space(
+    output_spaces: Sequence[str], template: str | None = None
+) -> str | None:
+    """The template normalisation targets, or ``None`` when no template space is asked for.
+
+    Parameters
+    ----------
+    output_spaces : sequence of str
+        ``"T1w"``, ``"MNI152NLin2009aSym"`` and/or paths of template images.
+    template : str, optional
+        A user-given template image, used for the template space when given.
+
+    Examples
+    --------
+    >>> select_template_space(["T1w"]) is None
+    True
+    >>> select_template_space(["T1w", "MNI152NLin2009aSym"])
+    'MNI152NLin2009aSym'
+    >>> select_template_space(["MNI152NLin2009aSym"], template="/t/tpl.nii.gz")
+    '/t/tpl.nii.gz'
+    """
+    others = [str(space) for space in output_spaces if str(space) != "T1w"]
+    if not others:
+        return None
+    if len(others) > 1:
+        raise ValueError(f"one template space at a time, got {others}")
+    space = others[0]
+    if space not in KNOWN_TEMPLATES and not os.path.isfile(space):
+        raise ValueError(
+            f"output space {space!r} is neither one of {('T1w',) + KNOWN_TEMPLATES} "
+            "nor an existing template image"
+        )
+    return str(template) if template else space
+
+
+def _check_subject_data(subject_data: dict) -> list[dict]:
+    if not subject_data.get("t1w"):
+        raise ValueError(f"subject {subject_data.get('subject')!r} has no T1w image")
+    images = list(subject_data.get("images") or [])
+    for image in images:
+        if image.get("suffix") not in IMAGE_SUFFIXES:
+            raise ValueError(
+                f"{image.get('path')}: suffix {image.get('suffix')!r} is not one of "
+                f"{IMAGE_SUFFIXES}"
+            )
+    return images
+
+
+def init_single_subject_wf(
+    *,
+    subject_data: dict,
+    output_spaces: Sequence[str] = ("T1w", "MNI152NLin2009aSym"),
+    template: str | None = None,
+    template_mask: str | None = None,
+    dof_template: int = 12,
+    dof_coreg: int = 6,
+    metric: str = "mi",
+    resample_bold: bool = False,
+    device: str = "cpu",
+    seed: int = 0,
+    omp_nthreads: int = 1,
+    name: str = "single_subject_wf",
+) -> pe.Workflow:
+    """Brain masking, normalisation, coregistration and resampling for one subject (session).
+
+    The T1w image is skull-stripped (deepbet); the T1w brain is registered to the template
+    (``dof_template``, when a template space is asked for); every other image is registered
+    to the T1w brain inside its mask (``dof_coreg``, ``metric``); BOLD and DWI series are
+    registered through a reference volume (the median of their first volumes, or the mean
+    b=0 volume when b-values are given). Every image is then resampled from its own data
+    into T1w space and, through the composed transforms, into template space: one
+    interpolation each.
+
+    Parameters
+    ----------
+    subject_data : dict
+        ``{"subject": "01", "session": None or "A", "t1w": path, "images": [{"path": ...,
+        "suffix": "T2w" | "FLAIR" | "PDw" | "bold" | "dwi", "bvals": path or None}, ...]}``.
+    output_spaces : sequence of str
+        ``"T1w"`` and/or ``"MNI152NLin2009aSym"`` (or the path of a template image). Without
+        a template space, normalisation is skipped and the template outputs are ``None``
+        (single files) or empty lists.
+    template : str, optional
+        Template image replacing the MNI152NLin2009aSym copy nilearn ships.
+    template_mask : str, optional
+        Brain mask of ``template`` (give one when the template has a head).
+    dof_template : int
+        Degrees of freedom of the normalisation (12).
+    dof_coreg : int
+        Degrees of freedom of the coregistrations (6, rigid).
+    metric : str
+        Metric of the coregistrations (``mi``); normalisation uses ``mi`` too.
+    resample_bold : bool
+        Resample whole BOLD series (4D) rather than their reference volume. DWI series
+        always give their reference volume (gradient directions are not rotated here).
+    device : str
+        ``cpu``, ``cuda``, ``cuda:N`` or ``auto``. Brain extraction and registration nodes on
+        CUDA have ``use_gpu`` set, so MultiProc's ``n_gpu_procs`` limits how many run at once.
+    seed : int
+        Random seed of every registration.
+    omp_nthreads : int
+        CPU threads per node.
+    name : str
+        Workflow name.
+
+    Outputs
+    -------
+    t1w_preproc
+        The input T1w.
+    t1w_mask, t1w_brain
+        T1w brain mask and skull-stripped T1w.
+    t1w2template_xfm
+        ITK transform, T1w -> template (resamples T1w-space images into template space).
+    template2t1w_xfm
+        ITK transform, template -> T1w.
+    t1w_template
+        T1w brain in template space.
+    template
+        Path of the template image used.
+    coreg_xfms
+        List, in the order of ``subject_data["images"]``: ITK transforms image -> T1w.
+    t1w2image_xfms
+        List: the inverse transforms, T1w -> image.
+    images_t1w
+        List: each image resampled onto the T1w grid (the reference volume for BOLD and
+        DWI, or the whole BOLD series when ``resample_bold``).
+    images_template
+        List: the same in template space (empty without a template space).
+    reportlets
+        List of SVG files: the brain mask, then the normalisation (when done), then one
+        per image in order.
+    metrics
+        List of JSON run-facts files, one per registration (normalisation first, then one
+        per image): ``{"source", "target", "metric", "final_metric", "dof", "iterations",
+        "elapsed_s", "mask_volume_ml", ...}``.
+
+    Examples
+    --------
+    >>> wf = init_single_subject_wf(subject_data={"subject": "01", "t1w": "sub-01_T1w.nii.gz",
+    ...                                           "images": []}, output_spaces=["T1w"])
+    >>> wf.get_node("outputnode").inputs.images_template
+    []
+    """
+    images = _check_subject_data(subject_data)
+    template_space = select_template_space(output_spaces, template)
+    normalise = template_space is not None
+    n_images = len(images)
+
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["t1w", "images"]), name="inputnode")
+    inputnode.inputs.t1w = os.path.abspath(subject_data["t1w"])
+    inputnode.inputs.images = [os.path.abspath(image["path"]) for image in images]
+    outputnode = pe.Node(niu.IdentityInterface(fields=OUTPUT_FIELDS), name="outputnode")
+
+    brainmask_wf = init_brainmask_wf(device=device, omp_nthreads=omp_nthreads)
+    # fmt: off
+    workflow.connect([
+        (inputnode, brainmask_wf, [("t1w", "inputnode.t1w")]),
+        (inputnode, outputnode, [("t1w", "t1w_preproc")]),
+        (brainmask_wf, outputnode, [("outputnode.out_mask", "t1w_mask"),
+                                    ("outputnode.out_brain", "t1w_brain")]),
+    ])
+    # fmt: on
+
+    n_reports = 1 + int(normalise) + n_images
+    merge_reportlets = pe.Node(niu.Merge(n_reports), name="merge_reportlets")
+    workflow.connect(brainmask_wf, "outputnode.out_report", merge_reportlets, "in1")
+    workflow.connect(merge_reportlets, "out", outputnode, "reportlets")
+    n_metrics = int(normalise) + n_images
+    if n_metrics:
+        merge_metrics = pe.Node(niu.Merge(n_metrics), name="merge_metrics")
+        workflow.connect(merge_metrics, "out", outputnode, "metrics")
+    else:
+        outputnode.inputs.metrics = []
+
+    if normalise:
+        template_wf = init_template_wf(
+            template=template_space, template_mask=template_mask, dof=dof_template,
+            metric=metric, device=device, seed=seed, omp_nthreads=omp_nthreads,
+        )
+        # fmt: off
+        workflow.connect([
+            (brainmask_wf, template_wf, [("outputnode.out_brain", "inputnode.t1w_brain"),
+                                         ("outputnode.out_mask", "inputnode.t1w_mask")]),
+            (template_wf, outputnode, [("outputnode.t1w2template_xfm", "t1w2template_xfm"),
+                                       ("outputnode.template2t1w_xfm", "template2t1w_xfm"),
+                                       ("outputnode.t1w_template", "t1w_template"),
+                                       ("outputnode.template", "template")]),
+            (template_wf, merge_reportlets, [("outputnode.out_report", "in2")]),
+            (template_wf, merge_metrics, [("outputnode.run_facts", "in1")]),
+        ])
+        # fmt: on
+    else:
+        outputnode.inputs.t1w2template_xfm = None
+        outputnode.inputs.template2t1w_xfm = None
+        outputnode.inputs.t1w_template = None
+        outputnode.inputs.template = None
+
+    if not n_images:
+        for field in ("coreg_xfms", "t1w2image_xfms", "images_t1w", "images_template"):
+            setattr(outputnode.inputs, field, [])
+        return workflow
+
+    list_fields = ["coreg_xfms", "t1w2image_xfms", "images_t1w"]
+    if normalise:
+        list_fields.append("images_template")
+    else:
+        outputnode.inputs.images_template = []
+    merges = {}
+    for field in list_fields:
+        merges[field] = pe.Node(niu.Merge(n_images), name=f"merge_{field}")
+        workflow.connect(merges[field], "out", outputnode, field)
+
+    for index, image in enumerate(images):
+        suffix = image["suffix"]
+        label = f"{suffix.lower()}{index}"
+        select_image = pe.Node(
+            niu.Select(index=index), name=f"select_image_{label}", run_without_submitting=True
+        )
+        workflow.connect(inputnode, "images", select_image, "inlist")
+        moving = (select_image, "out")
+        if suffix in SERIES_SUFFIXES:
+            image_reference = pe.Node(ReferenceVolume(), name=f"image_reference_{label}")
+            if image.get("bvals"):
+                image_reference.inputs.in_bval = os.path.abspath(image["bvals"])
+            workflow.connect(select_image, "out", image_reference, "in_file")
+            moving = (image_reference, "out_file")
+
+        coreg_wf = init_coreg_wf(
+            dof=dof_coreg, metric=metric, device=device, seed=seed, omp_nthreads=omp_nthreads,
+            title=f"{suffix} to T1w ({dof_coreg} dof)", name=f"coreg_{label}_wf",
+        )
+        series = suffix == "bold" and resample_bold
+        resample_wf = init_resample_wf(
+            with_template=normalise, omp_nthreads=omp_nthreads, mem_gb=4.0 if series else 1.0,
+            name=f"resample_{label}_wf",
+        )
+        resampled = (select_image, "out") if series else moving
+        # fmt: off
+        workflow.connect([
+            (moving[0], coreg_wf, [(moving[1], "inputnode.in_file")]),
+            (brainmask_wf, coreg_wf, [("outputnode.out_brain", "inputnode.t1w_brain"),
+                                      ("outputnode.out_mask", "inputnode.t1w_mask")]),
+            (resampled[0], resample_wf, [(resampled[1], "inputnode.in_file")]),
+            (inputnode, resample_wf, [("t1w", "inputnode.t1w_reference")]),
+            (coreg_wf, resample_wf, [("outputnode.xfm", "inputnode.coreg_xfm")]),
+            (coreg_wf, merges["coreg_xfms"], [("outputnode.xfm", f"in{index + 1}")]),
+            (coreg_wf, merges["t1w2image_xfms"], [("outputnode.inv_xfm", f"in{index + 1}")]),
+            (resample_wf, merges["images_t1w"], [("outputnode.out_t1w", f"in{index + 1}")]),
+            (coreg_wf, merge_reportlets, [("outputnode.out_report",
+                                           f"in{2 + int(normalise) + index}")]),
+            (coreg_wf, merge_metrics, [("outputnode.run_facts",
+                                        f"in{1 + int(normalise) + index}")]),
+        ])
+        if normalise:
+            workflow.connect([
+                (template_wf, resample_wf, [("outputnode.t1w2template_xfm",
+                                             "inputnode.t1w2template_xfm"),
+                                            ("outputnode.template", "inputnode.template")]),
+                (resample_wf, merges["images_template"], [("outputnode.out_template",
+                                                           f"in{index + 1}")]),
+            ])
+        # fmt: on
+    return workflow
