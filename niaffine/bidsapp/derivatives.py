@@ -25,9 +25,10 @@ from niaffine import __version__
 LOGGER = logging.getLogger("niaffine.bidsapp")
 DATATYPE = {"T1w": "anat", "T2w": "anat", "FLAIR": "anat", "PDw": "anat", "bold": "func",
             "dwi": "dwi"}
-#: What BIDS has no name for yet: transforms, their sidecars, figures, logs, group QC.
-BIDSIGNORE = ("*_xfm.txt", "*_xfm.json", "figures/", "logs/", "group/", "*.html",
-              "sourcedata/")
+#: What BIDS has no name for yet: transforms, their sidecars, 3D references of series,
+#: figures, logs, group QC. (Folders without a trailing slash: the validator needs that.)
+BIDSIGNORE = ("*_xfm.txt", "*_xfm.json", "*_boldref.*", "*_dwiref.*", "figures", "logs",
+              "group", "*.html")
 _NAME = re.compile(r"^(?P<entities>.+?)_(?P<suffix>[A-Za-z0-9]+)(?P<ext>\.nii(\.gz)?|\.[a-z]+)$")
 
 

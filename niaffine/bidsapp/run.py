@@ -56,7 +56,8 @@ class Progress:
             self.failed.setdefault(subject, []).append(node.fullname)
             LOGGER.error("sub-%s: node %s failed (%d failed so far)", subject, node.fullname,
                          len(self.failed))
-        elif status == "end" and node.name == f"sub_{subject}_report":
+        elif (status == "end" and node.name == f"sub_{subject}_report"
+              and subject not in self.failed):  # nipype also says "end" for skipped nodes
             self.done.add(subject)
             LOGGER.info("sub-%s done: %d/%d subjects finished, %d failed, %.0f s", subject,
                         len(self.done), len(self.subjects), len(self.failed),

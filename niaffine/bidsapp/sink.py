@@ -147,8 +147,10 @@ def sink_subject(output_dir, bids_dir, subject_data: dict, outputs: dict,
     def anat_name(entities, suffix, ext=".nii.gz"):
         return anat / drv.build_name(prefix + entities, suffix, ext)
 
-    _put(written, _first(outputs.get("t1w_preproc")),
-         anat_name([("desc", "preproc")], "T1w"), _sidecar(t1w_src))
+    t1w_ref = anat_name([("desc", "preproc")], "T1w")
+    _put(written, _first(outputs.get("t1w_preproc")), t1w_ref,
+         _sidecar(t1w_src, SkullStripped=False))
+    t1w_ref_uri = "bids::" + t1w_ref.relative_to(output_dir).as_posix()
     _put(written, _first(outputs.get("t1w_mask")), anat_name([("desc", "brain")], "mask"),
          _sidecar(t1w_src, Type="Brain"))
     _put(written, _first(outputs.get("t1w_brain")), anat_name([("desc", "brain")], "T1w"),
@@ -162,7 +164,7 @@ def sink_subject(output_dir, bids_dir, subject_data: dict, outputs: dict,
              _sidecar(t1w_src, metrics_tpl))
         _put(written, _first(outputs.get("t1w_template")),
              anat_name([("space", template_space), ("desc", "preproc")], "T1w"),
-             _sidecar(t1w_src, metrics_tpl))
+             _sidecar(t1w_src, metrics_tpl, SkullStripped=False))
 
     fields = {k: _as_list(outputs.get(k)) for k in
               ("coreg_xfms", "t1w2image_xfms", "images_t1w", "images_template")}
@@ -189,7 +191,10 @@ def sink_subject(output_dir, bids_dir, subject_data: dict, outputs: dict,
             if space and path:
                 name = drv.build_name(drv.with_space(ents, space), _image_suffix(path, suffix),
                                       ".nii.gz")
-                _put(written, path, folder / name, _sidecar(pair, metrics_img[i]))
+                extra = {"SkullStripped": False}
+                if space == "T1w":
+                    extra["SpatialReference"] = t1w_ref_uri
+                _put(written, path, folder / name, _sidecar(pair, metrics_img[i], **extra))
 
     figures = Path(output_dir) / f"sub-{sub}" / "figures"
     stem = drv.build_name(prefix, "", "")[:-1]

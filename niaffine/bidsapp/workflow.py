@@ -20,12 +20,16 @@ LOGGER = logging.getLogger("niaffine.bidsapp")
 
 
 def workflow_name(version: str = __version__) -> str:
-    """Name of the top-level workflow, with the version (a Nipype-safe identifier).
+    """Name of the top-level workflow: ``niaffine_<major>_<minor>_wf`` (as fMRIPrep).
+
+    Only the major and minor versions are used, so that a work directory keeps
+    its cache across patch releases (and development snapshots).
 
     >>> workflow_name("1.2.0.dev3+g1a2b")
-    'niaffine_1_2_0_dev3_g1a2b_wf'
+    'niaffine_1_2_wf'
     """
-    return "niaffine_" + re.sub(r"[^A-Za-z0-9]+", "_", version).strip("_") + "_wf"
+    parts = re.findall(r"\d+", version.split("+")[0])[:2]
+    return "niaffine_" + "_".join(parts or ["dev"]) + "_wf"
 
 
 def subject_wf_name(subject: str, session: str | None) -> str:

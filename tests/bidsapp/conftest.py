@@ -1,0 +1,66 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Fixtures of the BIDS-App tests: generated datasets and a fast stand-in workflow."""
+
+import functools
+import json
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from niaffine.data.bids_demo import TINY_SUBJECTS, generate_demo_dataset
+
+from . import fake_workflow
+
+
+def install_fake_workflows(monkeypatch, **kwargs):
+    """Make ``niaffine.workflows.base.init_single_subject_wf`` the fast stand-in."""
+    module = types.ModuleType("niaffine.workflows.base")
+    module.init_single_subject_wf = functools.partial(fake_workflow.init_single_subject_wf,
+                                                      **kwargs)
+    monkeypatch.setitem(sys.modules, "niaffine.workflows.base", module)
+
+
+@pytest.fixture(scope="session")
+def tiny_bids(tmp_path_factory) -> Path:
+    """One 2 mm subject with T1w, T2w and a 5-volume BOLD (about 3 s to make). Read-only."""
+    root = tmp_path_factory.mktemp("tiny") / "bids"
+    generate_demo_dataset(root, subjects=TINY_SUBJECTS, seed=1, resolution=2.0)
+    return root
+
+
+def write_skeleton(root: Path, subjects=("01",), *, no_t1w=(), sessions=None) -> Path:
+    """A minimal valid BIDS dataset with tiny (12^3) random images."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps(
+        {"Name": "skeleton", "BIDSVersion": "1.10.0", "DatasetType": "raw",
+         "Authors": ["a", "b"]}))
+    (root / "README").write_text("skeleton dataset for tests\n")
+    rng = np.random.default_rng(0)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    for sub in subjects:
+        for ses in (sessions or [None]):
+            folder = root / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
+            folder.mkdir(parents=True, exist_ok=True)
+            prefix = f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
+            data = (rng.random((12, 12, 12)) * 100).astype(np.int16)
+            suffixes = ["T2w"] if sub in no_t1w else ["T1w", "T2w"]
+            for suffix in suffixes:
+                nb.save(nb.Nifti1Image(data, affine), folder / f"{prefix}_{suffix}.nii.gz")
+    return root
+
+
+@pytest.fixture
+def skeleton(tmp_path) -> Path:
+    """Two tiny subjects, both with T1w and T2w."""
+    return write_skeleton(tmp_path / "bids", subjects=("01", "02"))
+
+
+@pytest.fixture
+def tiny_copy(tiny_bids, tmp_path) -> Path:
+    """A writable copy of :func:`tiny_bids`."""
+    return Path(shutil.copytree(tiny_bids, tmp_path / "bids"))

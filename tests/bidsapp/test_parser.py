@@ -1,0 +1,88 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The command-line parser is pure: syntax only, no file-system access."""
+
+import pytest
+
+from niaffine import __version__
+from niaffine.bidsapp.parser import DEFAULT_SPACES, MODALITIES, build_parser
+
+
+def parse(*argv):
+    return build_parser().parse_args(["bids", "out", "participant", *argv])
+
+
+def test_defaults():
+    args = parse()
+    assert args.analysis_level == "participant"
+    assert args.output_spaces == list(DEFAULT_SPACES)
+    assert args.modalities == list(MODALITIES)
+    assert (args.dof, args.dof_coreg, args.metric, args.device) == (12, 6, "mi", "auto")
+    assert args.participant_label is None and args.work_dir is None
+    assert not args.skip_bids_validation and not args.reports_only
+
+
+@pytest.mark.parametrize("flag", ["--participant-label", "--participant_label"])
+def test_participant_labels_with_or_without_prefix(flag):
+    assert parse(flag, "sub-01", "02").participant_label == ["01", "02"]
+
+
+def test_session_and_execution_options():
+    args = parse("--session-label", "ses-A", "B", "-w", "/w", "--nprocs", "3",
+                 "--omp-nthreads", "2", "--mem", "8G", "--device", "cuda:1",
+                 "--n-gpu-procs", "2", "--plugin", "SLURM", "--plugin-args",
+                 '{"sbatch_args": "-p x"}', "--stop-on-first-crash", "--random-seed", "7",
+                 "-vv", "--resample-bold", "--dof", "9", "--metric", "ncc",
+                 "--modalities", "T2w", "bold")
+    assert args.session_label == ["A", "B"]
+    assert (args.nprocs, args.omp_nthreads, args.mem_gb) == (3, 2, 8.0)
+    assert (args.device, args.n_gpu_procs, args.plugin) == ("cuda:1", 2, "SLURM")
+    assert args.plugin_args == '{"sbatch_args": "-p x"}'
+    assert args.stop_on_first_crash and args.resample_bold and args.verbose == 2
+    assert (args.random_seed, args.dof, args.metric) == (7, 9, "ncc")
+    assert args.modalities == ["T2w", "bold"]
+
+
+def test_filter_file(tmp_path):
+    good = tmp_path / "f.json"
+    good.write_text('{"t1w": {"acquisition": "mprage"}}')
+    assert parse("--bids-filter-file", str(good)).bids_filters == {
+        "t1w": {"acquisition": "mprage"}}
+
+
+@pytest.mark.parametrize("argv", [
+    ["--participant-label", "sub-0_1"],
+    ["--device", "gpu"],
+    ["--dof", "8"],
+    ["--metric", "nmi-ish"],
+    ["--modalities", "T1map"],
+    ["--mem", "lots"],
+    ["--nprocs", "0"],
+    ["--bids-filter-file", "/does/not/exist.json"],
+])
+def test_syntax_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse(*argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_bad_filter_file_content(tmp_path, capsys):
+    bad = tmp_path / "f.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(SystemExit):
+        parse("--bids-filter-file", str(bad))
+    assert "must map data types" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--version"])
+    assert exc.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_help_lists_levels(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["-h"])
+    out = capsys.readouterr().out
+    assert "{participant,group}" in out and "--use-plugin" in out
