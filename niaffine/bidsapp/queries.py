@@ -198,7 +198,8 @@ def check_nifti(path) -> None:
     try:
         img = nb.load(str(path))
         header = img.header
-        expected = int(header.get_data_offset()) + int(
+        offset = getattr(img.dataobj, "offset", None) or header.get_data_offset()
+        expected = int(offset) + int(
             header.get_data_dtype().itemsize * max(1, int(_prod(img.shape))))
         if path.name.endswith(".gz"):
             size = _gzip_isize(path)

@@ -78,6 +78,14 @@ def _input_error(crashes) -> str | None:
     return None
 
 
+def crash_summary(crash: Path) -> tuple[str, str]:
+    """``(node full name, last error line)`` of a Nipype text crash file."""
+    text = crash.read_text(errors="replace")
+    node = re.search(r"^Node: (\S+)", text, flags=re.MULTILINE)
+    found = re.findall(r"^\s*([\w.]+(?:Error|Exception)\b.*)$", text, flags=re.MULTILINE)
+    return (node.group(1) if node else crash.name), (found[-1].strip() if found else "")
+
+
 def _write_settings(settings: Settings) -> Path:
     path = settings.output_dir / "logs" / f"niaffine-{settings.run_uuid}.toml"
     return drv.write_text(path, settings.to_toml())
@@ -146,9 +154,9 @@ def run_participant(settings: Settings) -> int:
             LOGGER.error("the workflow did not finish cleanly: %s", exc)
             progress.failed.setdefault("?", [])
         new_crashes = _crash_files(log_dir) - before
-        not_done = [s for s in progress.subjects if s not in progress.done]
-        for subject in not_done:
-            progress.failed.setdefault(subject, [])
+        for subject in progress.subjects:
+            if subject not in progress.done:
+                progress.failed.setdefault(subject, [])
         progress.failed.pop("?", None)
         if progress.failed or new_crashes:
             message = _input_error(new_crashes)
@@ -156,6 +164,14 @@ def run_participant(settings: Settings) -> int:
                 LOGGER.error("corrupt input: %s", message)
                 code = errors.EXIT_NO_DATA
             code = code or errors.EXIT_FAILED
+        for subject in progress.failed:
+            problems = []
+            for crash in sorted(new_crashes):
+                node, error = crash_summary(crash)
+                if _SUBJECT.search(node) and _SUBJECT.search(node).group(1) == subject:
+                    problems.append(f"{node} failed: {error} (crash file: logs/{crash.name})")
+            write_subject_report(settings.output_dir, subject,
+                                 problems=problems or ["the subject's workflow did not finish"])
     skipped_subjects = sorted({s.subject for s in skipped} - set(progress.done))
     for subject in skipped_subjects:
         write_subject_report(settings.output_dir, subject,

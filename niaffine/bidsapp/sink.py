@@ -62,12 +62,16 @@ def _load_metrics(files) -> list[dict]:
     return out
 
 
-def _match_metrics(metrics: list[dict], t1w: str, images: list[dict]):
+def _match_metrics(metrics: list[dict], t1w: str, images: list[dict], normalised: bool):
     """Assign metrics records to the template registration and to each image.
 
-    A record belongs to image *i* when its ``source`` names that image (path or
-    file name); the remaining record whose source is the T1w is the template one.
+    ``init_single_subject_wf`` lists them in a documented order (normalisation first,
+    then one per image); when the count does not fit that order, a record is matched
+    by its ``source`` file name instead.
     """
+    if len(metrics) == int(normalised) + len(images):
+        template = metrics[0] if normalised else None
+        return template, list(metrics[int(normalised):])
     by_image: list[dict | None] = [None] * len(images)
     template = None
     names = [Path(img["path"]).name for img in images]
@@ -75,12 +79,8 @@ def _match_metrics(metrics: list[dict], t1w: str, images: list[dict]):
         source = Path(str(record.get("source", ""))).name
         if source in names and by_image[names.index(source)] is None:
             by_image[names.index(source)] = record
-        elif template is None and (source == Path(t1w).name or "T1w" in source):
+        elif template is None and normalised and "T1w" in source:
             template = record
-    leftovers = [m for m in metrics if m is not template and m not in by_image]
-    for i, record in enumerate(by_image):  # positional fallback for unnamed sources
-        if record is None and leftovers:
-            by_image[i] = leftovers.pop(0)
     return template, by_image
 
 
@@ -116,6 +116,22 @@ def _image_suffix(path, src_suffix: str) -> str:
     return src_suffix
 
 
+def _figure_names(prefix, images, template_space, count) -> list[str]:
+    """Names of the reportlets, in ``init_single_subject_wf``'s order: brain mask,
+    normalisation (with a template), then one coregistration per image."""
+    names = [drv.build_name(prefix + [("desc", "brain")], "mask", ".svg")]
+    if template_space:
+        names.append(drv.build_name(prefix + [("space", template_space)], "T1w", ".svg"))
+    for image in images:
+        ents = drv.image_entities(image["path"], *[v for _, v in prefix[:1]],
+                                  prefix[1][1] if len(prefix) > 1 else None)
+        names.append(drv.build_name(ents + [("desc", "coreg")], image["suffix"], ".svg"))
+    if len(names) != count:  # an unexpected layout: keep every figure, numbered
+        names = [drv.build_name(prefix + [("desc", f"figure{i + 1}")], "report", ".svg")
+                 for i in range(count)]
+    return names
+
+
 def sink_subject(output_dir, bids_dir, subject_data: dict, outputs: dict,
                  template_space: str | None = None) -> list[str]:
     """Write one subject/session's outputs as BIDS-Derivatives.
@@ -141,7 +157,8 @@ def sink_subject(output_dir, bids_dir, subject_data: dict, outputs: dict,
     prefix = drv.subject_prefix(sub, ses)
     anat = drv.subject_dir(output_dir, sub, ses, "anat")
     t1w_src = [drv.bids_uri(t1w, bids_dir)]
-    metrics_tpl, metrics_img = _match_metrics(_load_metrics(outputs.get("metrics")), t1w, images)
+    metrics_tpl, metrics_img = _match_metrics(_load_metrics(outputs.get("metrics")), t1w, images,
+                                              bool(template_space))
     written: list[str] = []
 
     def anat_name(entities, suffix, ext=".nii.gz"):
@@ -197,10 +214,9 @@ def sink_subject(output_dir, bids_dir, subject_data: dict, outputs: dict,
                 _put(written, path, folder / name, _sidecar(pair, metrics_img[i], **extra))
 
     figures = Path(output_dir) / f"sub-{sub}" / "figures"
-    stem = drv.build_name(prefix, "", "")[:-1]
-    for path in _as_list(outputs.get("reportlets")):
-        name = Path(path).name
-        name = name if name.startswith(f"{stem}_") else f"{stem}_{name}"
+    for path, name in zip(_as_list(outputs.get("reportlets")),
+                          _figure_names(prefix, images, template_space,
+                                        len(_as_list(outputs.get("reportlets"))))):
         _put(written, path, figures / name)
     LOGGER.info("sub-%s%s: %d derivatives written", sub, f" ses-{ses}" if ses else "",
                 len(written))

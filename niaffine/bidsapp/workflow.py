@@ -73,9 +73,12 @@ def init_niaffine_wf(settings: Settings, subjects: list[dict]):
     by_subject: dict[str, list] = {}
     for data in subjects:
         name = subject_wf_name(data["subject"], data.get("session"))
+        spaces = list(settings.output_spaces)
+        if settings.template is not None:  # the workflows take a user template by path
+            spaces = ["T1w", str(settings.template)]
         single = init_single_subject_wf(
             subject_data=data,
-            output_spaces=settings.output_spaces,
+            output_spaces=spaces,
             template=str(settings.template) if settings.template else None,
             template_mask=str(settings.template_mask) if settings.template_mask else None,
             dof_template=settings.dof,

@@ -53,11 +53,16 @@ def fake_outputs(subject_data, template_space, fail_subject):
         "t1w_mask": save(mask, t1w, "t1w_mask.nii.gz"),
         "t1w_brain": save(data * mask, t1w, "t1w_brain.nii.gz"),
         "coreg_xfms": [], "t1w2image_xfms": [], "images_t1w": [], "images_template": [],
-        "reportlets": [text("desc-t1w2template_T1w.svg", '<svg xmlns="http://www.w3.org/2000/'
-                            'svg" width="40" height="20"><rect width="40" height="20" '
-                            'fill="#369"/></svg>')],
+        "reportlets": [],
         "metrics": [],
     }
+
+    def svg(name):
+        out["reportlets"].append(text(name, '<svg xmlns="http://www.w3.org/2000/svg" '
+                                      'width="40" height="20"><rect width="40" height="20" '
+                                      'fill="#369"/></svg>'))
+
+    svg("mask_report.svg")
     if template_space:
         out["t1w2template_xfm"] = text("t1w2template.txt", identity)
         out["template2t1w_xfm"] = text("template2t1w.txt", identity)
@@ -65,6 +70,7 @@ def fake_outputs(subject_data, template_space, fail_subject):
         out["template"] = template_space
         out["metrics"].append(metrics("metrics_t1w.json", subject_data["t1w"], template_space,
                                       12))
+        svg("template_report.svg")
     for i, image in enumerate(subject_data["images"]):
         img = nb.load(image["path"])
         arr = np.asarray(img.dataobj, dtype=np.float32)
@@ -76,6 +82,7 @@ def fake_outputs(subject_data, template_space, fail_subject):
         if template_space:
             out["images_template"].append(save(arr, img, f"image{i}_tpl.nii.gz"))
         out["metrics"].append(metrics(f"metrics{i}.json", image["path"], subject_data["t1w"], 6))
+        svg(f"coreg{i}_report.svg")
     fields = ["t1w_preproc", "t1w_mask", "t1w_brain", "t1w2template_xfm", "template2t1w_xfm",
               "t1w_template", "template", "coreg_xfms", "t1w2image_xfms", "images_t1w",
               "images_template", "reportlets", "metrics"]

@@ -38,7 +38,10 @@ EXPECTED = [
     "sub-01/func/sub-01_task-rest_from-T1w_to-bold_mode-image_xfm.txt",
     "sub-01/func/sub-01_task-rest_space-T1w_boldref.nii.gz",
     "sub-01/func/sub-01_task-rest_space-MNI152NLin2009aSym_boldref.nii.gz",
-    "sub-01/figures/sub-01_desc-t1w2template_T1w.svg",
+    "sub-01/figures/sub-01_desc-brain_mask.svg",
+    "sub-01/figures/sub-01_space-MNI152NLin2009aSym_T1w.svg",
+    "sub-01/figures/sub-01_desc-coreg_T2w.svg",
+    "sub-01/figures/sub-01_task-rest_desc-coreg_bold.svg",
 ]
 
 
@@ -142,7 +145,7 @@ def test_group_outputs(app_run):
 
 def test_subject_report_links_figures(app_run):
     text = (app_run["out"] / "sub-01.html").read_text()
-    assert 'src="sub-01/figures/sub-01_desc-t1w2template_T1w.svg"' in text
+    assert 'src="sub-01/figures/sub-01_task-rest_desc-coreg_bold.svg"' in text
     assert "T2w" in text and "MNI152NLin2009aSym" in text
 
 
