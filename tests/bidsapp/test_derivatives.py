@@ -1,0 +1,130 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Atomic writes, concurrent jobs on one output folder, names, settings, QC flags."""
+
+import json
+import multiprocessing as mp
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from niaffine.bidsapp import derivatives as drv
+from niaffine.bidsapp.parser import build_parser
+from niaffine.bidsapp.reports import flag_rows
+from niaffine.bidsapp.settings import from_args, template_label
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    target = tmp_path / "sub-01_desc-brain_mask.nii.gz"
+    with pytest.raises(KeyboardInterrupt), drv.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half a file")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_overwrite_keeps_old_file(tmp_path):
+    target = drv.write_text(tmp_path / "a.json", "old")
+    with pytest.raises(RuntimeError), drv.atomic_path(target) as tmp:
+        tmp.write_text("new but incomplete")
+        raise RuntimeError
+    assert target.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_copy_compresses_nifti(tmp_path):
+    import nibabel as nb
+    import numpy as np
+
+    src = tmp_path / "in.nii"
+    nb.save(nb.Nifti1Image(np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.eye(4)), src)
+    dst = drv.copy_file(src, tmp_path / "out" / "x.nii.gz")
+    assert dst.read_bytes()[:2] == b"\x1f\x8b"
+    assert np.array_equal(nb.load(dst).get_fdata(), nb.load(src).get_fdata())
+
+
+def _job(args):
+    out, bids, extra, n = args
+    drv.BIDSIGNORE = drv.BIDSIGNORE + (extra,)  # each job brings its own pattern
+    for i in range(n):
+        drv.init_output_dir(out, bids)
+        drv.write_text(Path(out) / f"sub-{extra}" / f"file{i}.txt", f"{extra} {i}")
+    return extra
+
+
+def test_concurrent_jobs_lose_nothing(tmp_path):
+    out, bids = tmp_path / "out", tmp_path / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
+    extras = [f"job{i}" for i in range(6)]
+    with mp.get_context("fork").Pool(6) as pool:
+        pool.map(_job, [(out, bids, e, 20) for e in extras])
+    ignore = (out / ".bidsignore").read_text().splitlines()
+    assert set(extras) <= set(ignore) and set(drv.BIDSIGNORE) <= set(ignore)
+    assert len(ignore) == len(set(ignore))
+    assert json.loads((out / "dataset_description.json").read_text())["DatasetType"] == \
+        "derivative"
+    for e in extras:
+        assert len(list((out / f"sub-{e}").iterdir())) == 20
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_names_roundtrip():
+    ents, suffix, ext = drv.parse_name("sub-01_ses-A_acq-fast_run-2_T2w.nii.gz")
+    assert drv.build_name(drv.with_space(ents, "T1w"), suffix, ext) == \
+        "sub-01_ses-A_acq-fast_run-2_space-T1w_T2w.nii.gz"
+    with pytest.raises(ValueError):
+        drv.parse_name("notbids.nii.gz")
+
+
+def test_settings_frozen_and_toml(tmp_path):
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text("{}")
+    args = build_parser().parse_args([str(bids), str(tmp_path / "out"), "participant", "-w",
+                                      str(tmp_path / "w"), "--participant-label", "01",
+                                      "--device", "cpu", "--bids-filter-file",
+                                      str(_filters(tmp_path))])
+    settings = from_args(args)
+    with pytest.raises(AttributeError):
+        settings.dof = 6
+    data = tomllib.loads(settings.to_toml())["niaffine"]
+    assert data["participant_label"] == ["01"] and data["device"] == "cpu"
+    assert json.loads(data["bids_filters"]) == {"bold": {"task": "rest"}}
+    assert data["template_space"] == "MNI152NLin2009aSym"
+
+
+def _filters(tmp_path):
+    path = tmp_path / "f.json"
+    path.write_text('{"bold": {"task": "rest"}}')
+    return path
+
+
+def test_user_template_space(tmp_path):
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text("{}")
+    tpl = tmp_path / "tpl-Custom_res-1_T1w.nii.gz"
+    tpl.write_bytes(b"")
+    args = build_parser().parse_args([str(bids), str(tmp_path / "out"), "participant", "-w",
+                                      str(tmp_path / "w"), "--device", "cpu",
+                                      "--output-spaces", "T1w", str(tpl)])
+    settings = from_args(args)
+    assert settings.template_space == "Custom" and settings.template == tpl
+    assert settings.output_spaces == ("T1w", "Custom")
+    assert template_label(Path("a/b/brain.nii.gz")) == "brain"
+
+
+def _row(subject, metric, volume=1400.0, source="T2w"):
+    return {"subject": subject, "session": "n/a", "source": source, "target": "T1w",
+            "final_metric": metric, "mask_volume_ml": volume}
+
+
+def test_flags_spot_the_failed_subject():
+    rows = [_row(f"{i:02d}", -0.50 + 0.01 * (i % 3)) for i in range(20)]
+    rows.append(_row("bad", -0.05))
+    rows.append(_row("tiny", -0.5, volume=300.0))
+    rows.append(_row("nometric", None))
+    flags = {r["subject"]: r["flags"] for r in flag_rows(rows)}
+    assert flags["bad"] == "metric_outlier"
+    assert flags["tiny"] == "mask_volume"
+    assert flags["nometric"] == "no_metric"
+    assert sum(f != "n/a" for f in flags.values()) == 3
