@@ -167,7 +167,7 @@ def _plots(rows: list[dict]) -> str:
     kinds = sorted({(r["source"].split(":")[-1], r["target"]) for r in rows})
     if not kinds:
         return "<p>No registrations found.</p>"
-    fig = Figure(figsize=(max(4.0, 2.2 * len(kinds)), 3.6))
+    fig = Figure(figsize=(max(4.0, 2.6 * len(kinds)), 3.6), layout="constrained")
     axes = fig.subplots(1, len(kinds), squeeze=False)[0]
     for ax, (source, target) in zip(axes, kinds):
         members = [r for r in rows if (r["source"].split(":")[-1], r["target"]) == (source, target)
@@ -182,18 +182,19 @@ def _plots(rows: list[dict]) -> str:
                             fontsize=7, color="#c00", xytext=(4, 2), textcoords="offset points")
         ax.set_xlim(-0.6, 0.6)
         ax.set_xticks([])
-        ax.set_title(f"{source} → {target}\n(n={len(members)})", fontsize=9)
+        ax.set_title(f"{source} →\n{target} (n={len(members)})", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("final metric")
-    fig.suptitle("Final similarity metric per registration type (red: flagged)", fontsize=10)
-    out = _svg(fig)
+    out = ("<p>Final similarity metric of each registration, one panel per registration "
+           "type; red points are flagged (see the table).</p>" + _svg(fig))
     volumes = {}
     for row in rows:
         if row["mask_volume_ml"] is not None:
             volumes.setdefault((row["subject"], row["session"]), row["mask_volume_ml"])
     if volumes:
         keys = sorted(volumes)
-        fig = Figure(figsize=(min(12.0, max(4.0, 0.35 * len(keys) + 2)), 3.0))
+        fig = Figure(figsize=(min(12.0, max(4.0, 0.35 * len(keys) + 2)), 3.0),
+                     layout="constrained")
         ax = fig.subplots()
         colors = ["#c00" if not MASK_VOLUME_RANGE[0] <= volumes[k] <= MASK_VOLUME_RANGE[1]
                   else "#369" for k in keys]
