@@ -150,8 +150,9 @@ def run_participant(settings: Settings) -> int:
         LOGGER.info("running %s with %s %s", workflow.name, plugin, plugin_args)
         try:
             workflow.run(plugin=plugin, plugin_args={**plugin_args, "status_callback": progress})
-        except RuntimeError as exc:
-            LOGGER.error("the workflow did not finish cleanly: %s", exc)
+        except Exception as exc:  # nipype re-raises node errors (first crash, or at the end)
+            LOGGER.error("the workflow did not finish cleanly: %s", str(exc).splitlines()[0]
+                         if str(exc) else type(exc).__name__)
             progress.failed.setdefault("?", [])
         new_crashes = _crash_files(log_dir) - before
         for subject in progress.subjects:
