@@ -189,6 +189,8 @@ def resolve_device(device: str) -> str:
     BidsAppError
         With code ``EXIT_UNAVAILABLE`` (69) when CUDA is requested but unavailable.
     """
+    if device in ("cpu", "mps"):
+        return device
     import torch
 
     if device == "auto":
