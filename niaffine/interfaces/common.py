@@ -97,7 +97,7 @@ def resolve_device(device: str = "cpu", use_gpu: bool = False) -> str:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NodeError(f"device {device!r} was requested but torch sees no CUDA device")
+        raise RuntimeError(f"device {device!r} was requested but torch sees no CUDA device")
     return device
 
 

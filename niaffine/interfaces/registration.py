@@ -17,7 +17,6 @@ import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
-    OutputMultiObject,
     SimpleInterface,
     TraitedSpec,
     isdefined,
@@ -173,7 +172,9 @@ def register_files(
         warped = None
         if write_warped:
             warped = derived_name(moving_image, "_warped", ".nii.gz", newpath)
-            resample_image(moving, result.matrix, fixed, order=1).to_filename(warped)
+            resample_image(moving, result.matrix, fixed, order=1, device=device).to_filename(
+                warped
+            )
 
     facts = run_facts(
         result,
@@ -232,12 +233,10 @@ class _AffineRegistrationInputSpec(BaseInterfaceInputSpec):
 
 
 class _AffineRegistrationOutputSpec(TraitedSpec):
-    forward_transforms = OutputMultiObject(
+    forward_transforms = traits.List(
         File(exists=True), desc="[composite_transform], as ANTs lists them"
     )
-    reverse_transforms = OutputMultiObject(
-        File(exists=True), desc="[inverse_composite_transform]"
-    )
+    reverse_transforms = traits.List(File(exists=True), desc="[inverse_composite_transform]")
     composite_transform = File(
         exists=True, desc="ITK text transform, fixed -> moving points (moving into fixed space)"
     )

@@ -125,7 +125,9 @@ def apply_affine(
     out_file = out_file or derived_name(input_image, "_resampled")
 
     with torch_threads(num_threads):
-        out = resample_image(moving, matrix, reference, order=order, fill=float(default_value))
+        out = resample_image(
+            moving, matrix, reference, order=order, fill=float(default_value), device=device
+        )
     if order == 0:
         data = np.asanyarray(out.dataobj).astype(moving.get_data_dtype())
     else:

@@ -194,12 +194,16 @@ def init_single_subject_wf(
     # fmt: on
 
     n_reports = 1 + int(normalise) + n_images
-    merge_reportlets = pe.Node(niu.Merge(n_reports), name="merge_reportlets")
+    merge_reportlets = pe.Node(
+        niu.Merge(n_reports), name="merge_reportlets", run_without_submitting=True
+    )
     workflow.connect(brainmask_wf, "outputnode.out_report", merge_reportlets, "in1")
     workflow.connect(merge_reportlets, "out", outputnode, "reportlets")
     n_metrics = int(normalise) + n_images
     if n_metrics:
-        merge_metrics = pe.Node(niu.Merge(n_metrics), name="merge_metrics")
+        merge_metrics = pe.Node(
+            niu.Merge(n_metrics), name="merge_metrics", run_without_submitting=True
+        )
         workflow.connect(merge_metrics, "out", outputnode, "metrics")
     else:
         outputnode.inputs.metrics = []
@@ -239,7 +243,9 @@ def init_single_subject_wf(
         outputnode.inputs.images_template = []
     merges = {}
     for field in list_fields:
-        merges[field] = pe.Node(niu.Merge(n_images), name=f"merge_{field}")
+        merges[field] = pe.Node(
+            niu.Merge(n_images), name=f"merge_{field}", run_without_submitting=True
+        )
         workflow.connect(merges[field], "out", outputnode, field)
 
     for index, image in enumerate(images):
