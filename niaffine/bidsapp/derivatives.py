@@ -124,8 +124,7 @@ def container_info() -> dict | None:
 
 def dataset_description(bids_dir: Path) -> dict:
     """The derivative ``dataset_description.json`` content for a run on ``bids_dir``."""
-    generated = {"Name": "niaffine", "Version": __version__,
-                 "CodeURL": "https://github.com/niaffine/niaffine"}
+    generated = {"Name": "niaffine", "Version": __version__}
     container = container_info()
     if container:
         generated["Container"] = container

@@ -273,8 +273,16 @@ def write_subject_report(output_dir, subject: str, problems: list[str] | None = 
     return path
 
 
-def write_group_outputs(output_dir) -> tuple[Path, Path, list[dict]]:
+def write_group_outputs(output_dir, expected_subjects=()) -> tuple[Path, Path, list[dict]]:
     """Write ``group/registration_qc.tsv`` (+ JSON) and ``group/index.html``.
+
+    Parameters
+    ----------
+    output_dir : path-like
+        Derivatives root.
+    expected_subjects : sequence of str
+        Subjects of the input dataset: those without any registration get a row
+        flagged ``missing`` (failed, skipped or never run) and stand out in the report.
 
     Returns
     -------
@@ -285,6 +293,12 @@ def write_group_outputs(output_dir) -> tuple[Path, Path, list[dict]]:
     """
     output_dir = Path(output_dir)
     rows = flag_rows(collect_registrations(output_dir))
+    present = {r["subject"] for r in rows}
+    for subject in sorted(set(expected_subjects) - present):
+        rows.append({"subject": subject, "session": "n/a", "source": "n/a", "target": "n/a",
+                     "metric": "n/a", "final_metric": None, "dof": "n/a", "iterations": "n/a",
+                     "elapsed_s": None, "mask_volume_ml": None, "flags": "missing",
+                     "transform": "n/a"})
     group = output_dir / "group"
     tsv = drv.write_text(group / "registration_qc.tsv", _tsv(rows))
     drv.write_json(group / "registration_qc.json", {
@@ -292,17 +306,22 @@ def write_group_outputs(output_dir) -> tuple[Path, Path, list[dict]]:
         "mask_volume_ml": {"Description": "T1w brain-mask volume", "Units": "ml"},
         "elapsed_s": {"Description": "registration time", "Units": "s"},
         "flags": {"Description": "no_metric, metric_outlier (robust z > 3.5 within its "
-                  "registration type), mask_volume (outside 800-2200 ml)"},
+                  "registration type), mask_volume (outside 800-2200 ml), missing (a subject "
+                  "of the dataset without any output: failed, skipped or not run)"},
     })
     flagged = [r for r in rows if r["flags"] != "n/a"]
-    subjects = sorted({r["subject"] for r in rows})
-    body = [f"<p>{len(subjects)} subjects, {len(rows)} registrations, "
-            f"<span class=\"{'flag' if flagged else 'ok'}\">{len(flagged)} flagged</span>. "
-            "QC table: <a href=\"registration_qc.tsv\">registration_qc.tsv</a>.</p>",
-            "<h2>Across the dataset</h2>", _plots(rows)]
+    missing = [r for r in rows if r["flags"] == "missing"]
+    registrations = [r for r in rows if r["flags"] != "missing"]
+    body = [f"<p>{len(present)} subjects with outputs, {len(registrations)} registrations, "
+            f"<span class=\"{'flag' if flagged else 'ok'}\">{len(flagged)} flagged</span>"
+            + (f", <span class=\"flag\">{len(missing)} subjects without outputs</span>"
+               if missing else "")
+            + ". QC table: <a href=\"registration_qc.tsv\">registration_qc.tsv</a>.</p>",
+            "<h2>Across the dataset</h2>", _plots(registrations)]
     if flagged:
         body += ["<h2>Flagged</h2>", _table(flagged, QC_COLUMNS[:-1], link_subject="../")]
-    body += ["<h2>All registrations</h2>", _table(rows, QC_COLUMNS[:-1], link_subject="../")]
+    body += ["<h2>All registrations</h2>",
+             _table(registrations, QC_COLUMNS[:-1], link_subject="../")]
     index = drv.write_text(group / "index.html",
                            _page("niaffine group report", "\n".join(body)))
     LOGGER.info("group outputs written: %s, %s", tsv, index)

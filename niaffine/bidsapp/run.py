@@ -206,10 +206,14 @@ def run_group(settings: Settings) -> int:
             f"no participant-level outputs (*_xfm.json) in {settings.output_dir}: run the "
             "participant level first", errors.EXIT_NO_MATCH)
     drv.init_output_dir(settings.output_dir, settings.bids_dir)
-    tsv, index, rows = write_group_outputs(settings.output_dir)
-    flagged = sum(r["flags"] != "n/a" for r in rows)
-    print(f"niaffine group: {len(rows)} registrations, {flagged} flagged\n  table: {tsv}\n"
-          f"  report: {index}")
+    expected = settings.participant_label or sorted(
+        p.name[4:] for p in settings.bids_dir.glob("sub-*") if p.is_dir())
+    tsv, index, rows = write_group_outputs(settings.output_dir, expected)
+    flagged = sum(r["flags"] not in ("n/a", "missing") for r in rows)
+    missing = [r["subject"] for r in rows if r["flags"] == "missing"]
+    print(f"niaffine group: {len(rows) - len(missing)} registrations, {flagged} flagged"
+          + (f", no outputs for {', '.join('sub-' + s for s in missing)}" if missing else "")
+          + f"\n  table: {tsv}\n  report: {index}")
     return errors.EXIT_OK
 
 
