@@ -26,7 +26,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from .common import derived_name, load_image, node_errors
+from .common import derived_name, load_image, node_errors, split_nifti_name
 
 LOGGER = logging.getLogger("niaffine.interfaces.reports")
 
@@ -200,6 +200,13 @@ def registration_svg(
     moved = None
     if moving_image:
         moved = _on_grid(load_image(moving_image, role="moving image"), fixed, order=1)
+    edges = moved
+    if moved is not None and mask is not None and mask.any():
+        # edges near the brain only (scalp rings of a head image would clutter the view)
+        from scipy import ndimage
+
+        near = ndimage.binary_dilation(mask, iterations=max(1, int(round(6 / zooms.min()))))
+        edges = np.ma.masked_array(moved, mask=~near)
 
     support = mask if mask is not None and mask.any() else np.abs(background) > 0
     cuts = cut_positions(support, n_cuts)
@@ -212,12 +219,12 @@ def registration_svg(
     title = title or ("registration" if moved is not None else "brain mask")
     layers = [
         _render_layer(
-            background, _window(background, support), moved, levels, mask, cuts, zooms, title
+            background, _window(background, support), edges, levels, mask, cuts, zooms, title
         )
     ]
     if moved is not None:
         layers.append(
-            _render_layer(moved, _window(moved, support), moved, levels, mask, cuts, zooms, title)
+            _render_layer(moved, _window(moved, support), edges, levels, mask, cuts, zooms, title)
         )
     import matplotlib.image as mpimg
 
@@ -226,6 +233,23 @@ def registration_svg(
         stream.write(_svg_document(layers, width, height, title))
     LOGGER.info("reportlet %s", out_file)
     return out_file
+
+
+def default_report_name(fixed_image, moving_image=None, mask_file=None, newpath=None) -> str:
+    """Reportlet name after the moved image (``_warped`` dropped), else the mask, else the fixed.
+
+    Examples
+    --------
+    >>> default_report_name("/w/T1w_brain.nii.gz", "/w/sub-01_T2w_warped.nii.gz", newpath="/o")
+    '/o/sub-01_T2w_report.svg'
+    >>> default_report_name("/w/T1w.nii.gz", None, "/w/T1w_mask.nii.gz", newpath="/o")
+    '/o/T1w_mask_report.svg'
+    """
+    source = moving_image or mask_file or fixed_image
+    stem, _ = split_nifti_name(source)
+    if moving_image and stem.endswith("_warped"):
+        stem = stem[: -len("_warped")]
+    return derived_name(stem + ".nii.gz", "_report", ".svg", newpath=newpath)
 
 
 class _RegistrationReportInputSpec(BaseInterfaceInputSpec):
@@ -260,7 +284,7 @@ class RegistrationReport(SimpleInterface):
         if isdefined(inputs.out_report):
             out_report = os.path.join(runtime.cwd, inputs.out_report)
         else:
-            out_report = derived_name(inputs.fixed_image, "_report", ".svg", newpath=runtime.cwd)
+            out_report = default_report_name(inputs.fixed_image, moving, mask, runtime.cwd)
         with node_errors(
             "RegistrationReport", fixed_image=inputs.fixed_image, moving_image=moving,
             mask_file=mask,
