@@ -33,7 +33,7 @@ body{font-family:system-ui,Helvetica,Arial,sans-serif;margin:2em auto;max-width:
 color:#222;line-height:1.4}h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;margin-top:1.6em}
 table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:3px 8px;
 text-align:left}th{background:#f3f3f3}.flag{color:#b00;font-weight:bold}.ok{color:#070}
-figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+figure{margin:1em 0}figure object,figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555}.meta{color:#666;font-size:.85em}
 """
 
@@ -230,6 +230,32 @@ def _table(rows: list[dict], columns, link_subject: str = "") -> str:
     return f"<table><tr>{head}</tr>\n" + "\n".join(body) + "</table>"
 
 
+def _figure_key(path: Path):
+    name = path.name
+    order = 0 if "desc-brain_mask" in name else 1 if "_space-" in name else 2
+    return (_entity(name, "ses") or "", order, name)
+
+
+def _caption(name: str) -> str:
+    """A short description of a reportlet from its file name.
+
+    >>> _caption("sub-01_task-rest_desc-coreg_bold.svg")
+    'task-rest bold registered to the T1w'
+    >>> _caption("sub-01_space-MNI152NLin2009aSym_T1w.svg")
+    'T1w registered to MNI152NLin2009aSym'
+    """
+    if "desc-brain_mask" in name:
+        return "Brain mask on the T1w"
+    space = _entity(name, "space")
+    if space:
+        return f"T1w registered to {space}"
+    if "desc-coreg" in name:
+        parts = name.rsplit(".", 1)[0].split("_")
+        ents = [p for p in parts[:-1] if not p.startswith(("sub-", "ses-", "desc-"))]
+        return " ".join(ents + [parts[-1], "registered to the T1w"])
+    return name
+
+
 def write_subject_report(output_dir, subject: str, problems: list[str] | None = None) -> Path:
     """Write ``output_dir/sub-<subject>.html`` from the derivatives on disk.
 
@@ -255,16 +281,19 @@ def write_subject_report(output_dir, subject: str, problems: list[str] | None = 
                                    "flags")))
     else:
         parts.append("<p>No registrations were written for this subject.</p>")
-    figures = sorted((output_dir / f"sub-{subject}" / "figures").glob("*.svg"))
+    figures = sorted((output_dir / f"sub-{subject}" / "figures").glob("*.svg"), key=_figure_key)
     sessions = sorted({_entity(f.name, "ses") or "" for f in figures})
     for session in sessions:
         parts.append(f"<h2>{'Session ' + html.escape(session) if session else 'Figures'}</h2>")
         for figure in figures:
             if (_entity(figure.name, "ses") or "") != session:
                 continue
-            rel = figure.relative_to(output_dir).as_posix()
-            parts.append(f'<figure><img src="{html.escape(rel)}" alt="{html.escape(figure.name)}"'
-                         f'><figcaption>{html.escape(figure.name)}</figcaption></figure>')
+            rel = html.escape(figure.relative_to(output_dir).as_posix())
+            # <object> keeps the SVG interactive (hover to see the moving image's edges)
+            parts.append(f'<figure><object type="image/svg+xml" data="{rel}">'
+                         f'<img src="{rel}" alt="{html.escape(figure.name)}"></object>'
+                         f"<figcaption><b>{html.escape(_caption(figure.name))}</b> "
+                         f"({html.escape(figure.name)})</figcaption></figure>")
     parts.append('<h2>About</h2><p>Transforms map reference (fixed) points to moving points '
                  '(ITK convention, as fMRIPrep). See <code>docs/outputs.md</code>.</p>')
     path = output_dir / f"sub-{subject}.html"

@@ -145,7 +145,9 @@ def test_group_outputs(app_run):
 
 def test_subject_report_links_figures(app_run):
     text = (app_run["out"] / "sub-01.html").read_text()
-    assert 'src="sub-01/figures/sub-01_task-rest_desc-coreg_bold.svg"' in text
+    assert 'data="sub-01/figures/sub-01_task-rest_desc-coreg_bold.svg"' in text
+    assert text.index("desc-brain_mask.svg") < text.index("space-MNI152NLin2009aSym_T1w.svg") \
+        < text.index("desc-coreg_T2w.svg")
     assert "T2w" in text and "MNI152NLin2009aSym" in text
 
 

@@ -110,7 +110,7 @@ def test_transforms_match_ground_truth(real_run, tiny_bids):
 def test_reports_exist(real_run):
     out = real_run["out"]
     html = (out / "sub-01.html").read_text()
-    assert html.count("<img ") >= 4
+    assert html.count("<object ") >= 4
     for figure in (out / "sub-01" / "figures").glob("*.svg"):
         assert figure.stat().st_size > 1000
     assert (out / "group" / "registration_qc.tsv").read_text().count("\n") == 4
