@@ -208,3 +208,23 @@ def test_workflows_are_nipype_workflows(tmp_path):
                init_single_subject_wf(subject_data=_subject(tmp_path))):
         assert isinstance(wf, pe.Workflow)
         assert {"inputnode", "outputnode"} <= set(wf.list_node_names())
+
+
+@pytest.mark.parametrize(("n_gpu_procs", "fits"), [(1, True), (0, False)])
+def test_multiproc_gpu_accounting(tmp_path, n_gpu_procs, fits):
+    """MultiProc's own resource check accepts the CUDA graph with one GPU slot, not with none."""
+    from nipype.pipeline.plugins.multiproc import MultiProcPlugin
+
+    wf = init_single_subject_wf(subject_data=_subject(tmp_path), device="cuda", omp_nthreads=2)
+    wf.base_dir = str(tmp_path / "work")
+    graph = wf._create_flat_graph()
+    plugin = MultiProcPlugin(plugin_args={"n_procs": 2, "n_gpu_procs": n_gpu_procs,
+                                          "memory_gb": 8, "raise_insufficient": True})
+    try:
+        if fits:
+            plugin._prerun_check(graph)
+        else:
+            with pytest.raises(RuntimeError, match="GPU"):
+                plugin._prerun_check(graph)
+    finally:
+        plugin.pool.shutdown(wait=False)
