@@ -47,8 +47,10 @@ def mask_volume_ml(mask_img) -> float:
 def run_facts(result, *, source: str, target: str, mask_ml: float | None, extra=None) -> dict:
     """JSON-safe facts of one registration run.
 
-    Keys: ``source``, ``target``, ``metric``, ``final_metric``, ``dof``, ``iterations``,
-    ``elapsed_s``, ``mask_volume_ml``, then ``device``, ``matrix`` and anything in ``extra``.
+    Keys: ``source``, ``target``, ``metric``, ``final_metric``, ``dof``, ``iterations`` (all
+    levels), ``elapsed_s``, ``mask_volume_ml``, then ``device``, ``matrix`` and what the
+    engine's ``to_dict()`` adds (``levels`` with the metric per level, parameter groups),
+    and anything in ``extra``.
     """
     levels = getattr(result, "levels", None) or []
     iterations = 0
@@ -57,7 +59,8 @@ def run_facts(result, *, source: str, target: str, mask_ml: float | None, extra=
             level, "iterations", 0
         )
         iterations += int(value or 0)
-    facts = {
+    facts = dict(result.to_dict()) if hasattr(result, "to_dict") else {}
+    facts.update({
         "source": str(source),
         "target": str(target),
         "metric": str(result.metric),
@@ -68,7 +71,7 @@ def run_facts(result, *, source: str, target: str, mask_ml: float | None, extra=
         "mask_volume_ml": mask_ml,
         "device": str(getattr(result, "device", "")),
         "matrix": np.asarray(result.matrix, dtype=float).tolist(),
-    }
+    })
     facts.update(extra or {})
     return facts
 
