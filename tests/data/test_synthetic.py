@@ -16,6 +16,12 @@ def clean_case():
                                noise=False, orientation="LIA", oblique_deg=12.0)
 
 
+def _every_other(img):
+    """The image at every other voxel: a 2 mm reference grid whose points are exact 1 mm voxels."""
+    data = np.asanyarray(img.dataobj)[::2, ::2, ::2]
+    return nib.Nifti1Image(np.ascontiguousarray(data), img.affine @ np.diag([2, 2, 2, 1]))
+
+
 def _corr_in_brain(img, reference, mask):
     inside = np.asanyarray(mask.dataobj) > 0
     a = np.asanyarray(img.dataobj)[inside]
@@ -57,20 +63,20 @@ def test_case_matches_nitransforms_forward(clean_case):
 def test_case_matches_nitransforms_back(clean_case):
     """Resampling the moving image with nitransforms and true_matrix gives back the fixed."""
     case = clean_case
-    xfm = Affine(case.true_matrix, reference=case.fixed)
-    back = apply(xfm, case.moving, reference=case.fixed, order=3)
-    assert _corr_in_brain(back, case.fixed, case.fixed_mask) > 0.99
+    fixed, mask = _every_other(case.fixed), _every_other(case.fixed_mask)
+    back = apply(Affine(case.true_matrix, reference=fixed), case.moving, reference=fixed, order=3)
+    assert _corr_in_brain(back, fixed, mask) > 0.99
 
 
 def test_noisy_t2_case_matches_nitransforms():
-    case = synthetic.make_case(np.random.default_rng(5), contrast="T2")
+    case = synthetic.make_case(np.random.default_rng(5), contrast="T2", order=1)
     assert case.contrast == "T2"
     t2 = synthetic.t2_like(templates.load_mni_t1(), templates.load_mni_gm(),
                            templates.load_mni_wm(), case.fixed_mask)
-    back = apply(Affine(case.true_matrix, reference=case.fixed), case.moving,
-                 reference=case.fixed, order=1)
-    assert _corr_in_brain(back, t2, case.fixed_mask) > 0.9  # bias field + 2 % noise
-    assert _corr_in_brain(back, case.fixed, case.fixed_mask) < 0  # inverted contrast
+    fixed, mask, t2 = (_every_other(img) for img in (case.fixed, case.fixed_mask, t2))
+    back = apply(Affine(case.true_matrix, reference=fixed), case.moving, reference=fixed, order=1)
+    assert _corr_in_brain(back, t2, mask) > 0.9  # bias field + 2 % noise
+    assert _corr_in_brain(back, fixed, mask) < 0  # inverted contrast
 
 
 def test_case_is_reproducible():
