@@ -108,8 +108,8 @@ def test_resample_wf_single_interpolation(tmp_path, template_2mm):
     assert Path(out["out_template"]).name.endswith("_space-template.nii.gz")
 
 
-def _check_subject_outputs(out, subject, truth_entry, root, template, n_volumes,
-                           max_error_mm):
+def _check_subject_outputs(out, subject, truth_entry, root, template, template_mask,
+                           n_volumes, max_error_mm):
     from niaffine.io import load_transform
 
     for field in ("t1w_mask", "t1w_brain", "t1w2template_xfm", "template2t1w_xfm",
@@ -129,12 +129,8 @@ def _check_subject_outputs(out, subject, truth_entry, root, template, n_volumes,
     # transforms against the ground truth (template mask / T1w mask points)
     forward = load_transform(out["t1w2template_xfm"])
     assert np.allclose(load_transform(out["template2t1w_xfm"]) @ forward, np.eye(4), atol=1e-4)
-    template_mask = nb.load(out["template"].replace("_T1w", "_mask")) if "tpl_" in template \
-        else None
-    if template_mask is not None:
-        error = mean_displacement(np.array(truth_entry["t1w_to_template"]), forward,
-                                  template_mask)
-        assert error < max_error_mm, ("template", error)
+    error = mean_displacement(np.array(truth_entry["t1w_to_template"]), forward, template_mask)
+    assert error < max_error_mm, ("template", error)
     images = subject["images"]
     for key in ("coreg_xfms", "t1w2image_xfms", "images_t1w", "images_template"):
         assert len(out[key]) == len(images), key
@@ -168,8 +164,8 @@ def test_single_subject_end_to_end(tiny_dataset, template_2mm, tmp_path):
     wf = init_single_subject_wf(subject_data=subject, template=template_2mm["t1"],
                                 template_mask=template_2mm["mask"], resample_bold=True)
     out = run_collecting(wf, tmp_path)
-    _check_subject_outputs(out, subject, entry, root, template_2mm["t1"], n_volumes=3,
-                           max_error_mm=1.0)
+    _check_subject_outputs(out, subject, entry, root, template_2mm["t1"],
+                           nb.load(template_2mm["mask"]), n_volumes=3, max_error_mm=1.0)
 
 
 @pytest.mark.slow
@@ -185,15 +181,10 @@ def test_single_subject_full_resolution(tmp_path_factory, tmp_path):
     wf = init_single_subject_wf(subject_data=subject, resample_bold=False)
     out = run_collecting(wf, tmp_path)
     assert out["template"] == str(template_path("t1"))
-    _check_subject_outputs(out, subject, truth["sub-01"], root, out["template"], n_volumes=None,
-                           max_error_mm=0.5)
-    from niaffine.io import load_transform
-
     from niaffine.data.templates import load_mni_brain_mask
 
-    error = mean_displacement(np.array(truth["sub-01"]["t1w_to_template"]),
-                              load_transform(out["t1w2template_xfm"]), load_mni_brain_mask())
-    assert error < 0.5, error
+    _check_subject_outputs(out, subject, truth["sub-01"], root, out["template"],
+                           load_mni_brain_mask(), n_volumes=None, max_error_mm=0.5)
 
 
 def test_node_error_names_the_file(tmp_path, template_2mm):
