@@ -17,7 +17,8 @@
 #   DEBIAN_MIRROR    for debootstrap [the machine's apt mirror, else http://deb.debian.org/debian]
 #   CONTAINER_WORK   scratch folder (rootfs, logs, outputs) [/var/tmp/niaffine-container]
 #   CONTAINERS_CONF  podman settings [containers/containers.conf: runc, lowered ulimits]
-#   DEMO_NPROCS      --nprocs of the demo run [2]
+#   DEMO_NPROCS      --nprocs of the demo run [2]; DEMO_ARGS more demo options (e.g. --tiny)
+#   DEMO_MAX_ERROR_MM  tolerance of the ground-truth check of the demo's transforms [3]
 #
 # Exit status: 0 all checks passed, 1 a check failed, 77 the image was built and checked but the
 # demo was skipped because this niaffine has no BIDS-App entry point or demo generator yet.
@@ -38,7 +39,7 @@ while (($#)); do
         --no-build) BUILD=0 ;;
         --no-demo) DEMO=0 ;;
         --save-archive) ARCHIVE=$2; shift ;;
-        -h | --help) sed -n '3,26p' "$0"; exit 0 ;;
+        -h | --help) sed -n '3,28p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -156,58 +157,48 @@ print("home writable by uid", os.getuid(), "; torch", torch.__version__)
 pass "home writable by uid 4321; imports work with no network"
 
 # ------------------------------------------------------------------------------------ demo
-has_demo=0 demo_module=""
-for module in niaffine.data.bids_demo niaffine.demo; do
-    if podman run --rm --entrypoint python "$IMAGE" -c "import $module" 2>/dev/null; then
-        has_demo=1 demo_module=$module
-        break
-    fi
-done
+# The README's demo (`python -m niaffine.demo`: generate the dataset, participant and group
+# levels) inside the image: read-only root filesystem, no network, an arbitrary uid.
+has_demo=1
+podman run --rm --entrypoint python "$IMAGE" -c 'import niaffine.demo' 2>/dev/null || has_demo=0
 if ((DEMO)) && ((has_app && has_demo)); then
     out_dir=$WORK/demo-out
     rm -rf "$out_dir"
     mkdir -p "$out_dir"
     chmod 0777 "$out_dir"
-    run_as=(run --rm --network none -u 4321:4321 -v "$out_dir:/out")
-    log "demo dataset inside the image (python -m $demo_module)"
-    podman "${run_as[@]}" --entrypoint python "$IMAGE" -m "$demo_module" /out/demo \
-        >"$WORK/demo.log" 2>&1 || { tail -n 30 "$WORK/demo.log" >&2; fail "python -m $demo_module"; }
-    bids=$(find "$out_dir/demo" -name dataset_description.json -printf '%d %h\n' | sort -n | head -n1 | cut -d' ' -f2)
-    [[ -n $bids ]] || fail "the demo generator wrote no BIDS dataset"
-    bids_in=/out/${bids#"$out_dir"/}
-    log "niaffine $bids_in /out/derivatives participant (no network, uid 4321)"
+    run_as=(run --rm --read-only --network none -u 4321:4321 -v "$out_dir:/out")
+    log "python -m niaffine.demo /out/demo --nprocs $DEMO_NPROCS ${DEMO_ARGS:-} (read-only, no network, uid 4321)"
     SECONDS=0
-    podman "${run_as[@]}" "$IMAGE" "$bids_in" /out/derivatives participant \
-        -w /tmp/work --nprocs "$DEMO_NPROCS" --device cpu >>"$WORK/demo.log" 2>&1 \
-        || { tail -n 40 "$WORK/demo.log" >&2; fail "niaffine participant on the demo"; }
-    pass "participant level on the demo in ${SECONDS}s"
-    deriv=$out_dir/derivatives
+    # shellcheck disable=SC2086 # DEMO_ARGS is a list of words
+    podman "${run_as[@]}" --entrypoint python "$IMAGE" -m niaffine.demo /out/demo \
+        --nprocs "$DEMO_NPROCS" ${DEMO_ARGS:-} >"$WORK/demo.log" 2>&1 \
+        || { tail -n 40 "$WORK/demo.log" >&2; fail "python -m niaffine.demo (log: $WORK/demo.log)"; }
+    pass "demo in ${SECONDS}s"
+    bids=$out_dir/demo/bids
+    deriv=$out_dir/demo/derivatives
     [[ -f $deriv/dataset_description.json ]] || fail "no dataset_description.json in the derivatives"
     nsub=$(find "$bids" -maxdepth 1 -name 'sub-*' -type d | wc -l)
-    nxfm=$(find "$deriv" -name '*_xfm.*' | wc -l)
     nsubout=$(find "$deriv" -maxdepth 1 -name 'sub-*' -type d | wc -l)
+    nxfm=$(find "$deriv" -name '*_xfm.txt' | wc -l)
+    nhtml=$(find "$deriv" -maxdepth 1 -name 'sub-*.html' | wc -l)
     ((nsub > 0 && nsubout == nsub)) || fail "$nsub subjects in, $nsubout subject folders out"
-    ((nxfm >= nsub)) || fail "only $nxfm transforms for $nsub subjects"
-    # every transform file must be readable as a finite 4x4 matrix by the host's niaffine
-    if [[ -x $REPO/.venv/bin/python ]]; then
-        "$REPO/.venv/bin/python" - "$deriv" <<'EOF' || fail "a transform in the derivatives is unreadable"
-import sys
-from pathlib import Path
-
-import numpy as np
-from niaffine.io import load_transform
-
-files = sorted(p for p in Path(sys.argv[1]).rglob("*_xfm.*") if p.suffix in (".txt", ".lta"))
-for path in files:
-    matrix = load_transform(path)
-    assert matrix.shape == (4, 4) and np.isfinite(matrix).all(), path
-print(f"{len(files)} transforms read back")
-EOF
+    ((nhtml == nsub)) || fail "$nhtml subject reports for $nsub subjects"
+    [[ -f $deriv/group/index.html ]] || fail "no group report"
+    if [[ -n $(find "$deriv/logs" -name 'crash-*' 2>/dev/null) ]]; then
+        fail "crash files in $deriv/logs"
     fi
-    pass "demo outputs: $nsubout subjects, $nxfm transforms, reports: $(find "$deriv" -name '*.html' | wc -l)"
-    podman "${run_as[@]}" "$IMAGE" "$bids_in" /out/derivatives group >>"$WORK/demo.log" 2>&1 \
-        || fail "group level on the demo"
-    pass "group level on the demo"
+    pass "demo outputs: $nsubout subjects, $nxfm transforms, $nhtml subject reports, group report"
+    # the entry point on the same outputs: group level again, read-only image
+    podman "${run_as[@]}" "$IMAGE" /out/demo/bids /out/demo/derivatives group \
+        >>"$WORK/demo.log" 2>&1 || fail "niaffine group through the entry point"
+    pass "entry point: niaffine /out/demo/bids /out/demo/derivatives group"
+    # accuracy against the demo's ground truth, read by the host's niaffine
+    if [[ -x $REPO/.venv/bin/python ]]; then
+        "$REPO/.venv/bin/python" "$REPO/scripts/check_demo_outputs.py" "$deriv" "$bids" \
+            --max-error-mm "${DEMO_MAX_ERROR_MM:-3}" 2>&1 | tee -a "$WORK/demo.log" >&2 \
+            || fail "demo transforms against the ground truth"
+        pass "demo transforms match the ground truth"
+    fi
 fi
 
 if [[ -n $ARCHIVE ]]; then
@@ -217,7 +208,7 @@ if [[ -n $ARCHIVE ]]; then
 fi
 
 if ((DEMO)) && ! ((has_app && has_demo)); then
-    log "SKIP demo: niaffine.bidsapp.run or a demo generator is not in this niaffine yet"
+    log "SKIP demo: niaffine.bidsapp.run or niaffine.demo is not in this niaffine yet"
     exit 77
 fi
 log "all container checks passed"
