@@ -48,6 +48,7 @@ from niaffine.data.synthetic import (  # noqa: E402
 
 LOGGER = logging.getLogger("benchmarks")
 REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
 CONTRASTS = ("T1", "T2")
 
 
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="niaffine/torchreg device: cpu, cuda, auto")
     p.add_argument("--threads", type=int, default=2, help="CPU threads per tool (default 2)")
     p.add_argument("--seed", type=int, default=2024, help="base seed of the cases")
-    p.add_argument("--dof", type=int, default=12, choices=(9, 12), help="true and fitted dof")
+    p.add_argument("--dof", type=int, default=12, choices=(9, 12),
+                   help="true and fitted dof (ANTs: 12 only)")
     p.add_argument("--scalp", action="store_true",
                    help="moving images are heads (synthetic skull and scalp); implies --masks")
     p.add_argument("--masks", action="store_true",
@@ -72,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure batched GPU throughput on B pairs (CUDA only)")
     p.add_argument("--update-docs", action="store_true",
                    help="write docs/benchmarks/results.md, the plot and the docs section")
-    p.add_argument("--keep-cases", action="store_true", help="keep the case NIfTI files")
+    p.add_argument("--keep-cases", action="store_true",
+                   help="write the case NIfTI files to OUT/cases and keep them")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: a spec file
     return p
@@ -301,7 +304,11 @@ def main(argv=None) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     meta = machine_meta(args)
-    work = Path(tempfile.mkdtemp(prefix="cases-", dir=out))
+    if args.keep_cases:
+        work = out / "cases"
+        work.mkdir(exist_ok=True)
+    else:  # outside --out, which may be a docs folder
+        work = Path(tempfile.mkdtemp(prefix="niaffine-bench-"))
     rows = []
     try:
         cases = write_cases(args, work)
@@ -327,12 +334,12 @@ def main(argv=None) -> int:
     (out / "results.md").write_text(page)
     print(report.summary_table(summary))  # the CLI's own output
     if args.update_docs:
-        docs = REPO / "docs" / "benchmarks"
+        docs = DOCS / "benchmarks"
         docs.mkdir(parents=True, exist_ok=True)
         (docs / "results.md").write_text(page)
         if plot:
             shutil.copy(plot, docs / plot.name)
-        report.update_docs_section(REPO / "docs" / "benchmarks.md", summary, meta,
+        report.update_docs_section(DOCS / "benchmarks.md", summary, meta,
                                    "benchmarks/results.md",
                                    f"benchmarks/{plot.name}" if plot else None)
     return 0
