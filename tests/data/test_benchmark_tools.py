@@ -133,3 +133,17 @@ def test_summary_and_docs_section(tmp_path):
     report.write_raw(_rows(), tmp_path)
     assert (tmp_path / "results.csv").read_text().count("\n") == 11
     assert report.plot_error_vs_time(_rows(), tmp_path / "plot.png").is_file()
+
+
+def test_torchreg_theta_of_a_pure_translation():
+    """A world translation is a pure translation in normalised units, with axes reversed."""
+    grid = np.diag([1.0, 1.0, 1.0, 1.0])
+    grid[:3, 3] = [-100.0, -130.0, -70.0]
+    shape = (201, 241, 161)  # half-widths 100, 120 and 80 voxels
+    shift = np.eye(4)
+    shift[:3, 3] = [2.0, -3.0, 4.0]
+    theta = tools.world_to_torchreg_theta(shift, grid, shape)
+    assert np.allclose(theta[:, :3], np.eye(3))
+    # normalised x runs along the last array axis (world z here), z along the first (world x)
+    assert np.allclose(theta[:, 3], [4.0 / 80.0, -3.0 / 120.0, 2.0 / 100.0])
+    assert np.allclose(tools.torchreg_theta_to_world(theta, grid, shape), shift)
