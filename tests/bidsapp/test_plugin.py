@@ -314,3 +314,27 @@ def test_multiproc_runs_marked_workflow(tmp_path):
     graph = wf.run(plugin=name, plugin_args=args)
     results = {node.name: node.result.outputs.value for node in graph.nodes()}
     assert results == {"cpu_node": 2, "gpu_node": 4}
+
+
+@pytest.mark.parametrize(("device", "expected"), [("cuda", 3), ("cpu", 0)])
+def test_mark_gpu_nodes_on_the_subject_workflow(device, expected):
+    """On niaffine's own graph: brain extraction and registrations ask for a GPU, not the rest."""
+    base = pytest.importorskip("niaffine.workflows.base")
+    subject = {
+        "subject": "01",
+        "session": None,
+        "t1w": "/data/sub-01/anat/sub-01_T1w.nii.gz",
+        "images": [
+            {
+                "path": "/data/sub-01/func/sub-01_task-rest_bold.nii.gz",
+                "suffix": "bold",
+                "bvals": None,
+            }
+        ],
+    }
+    wf = base.init_single_subject_wf(subject_data=subject, device=device)
+    marked = pl.mark_gpu_nodes(wf, plugin="SLURM")
+    assert len(marked) == expected
+    assert all(name.endswith(("brain_extraction", "registration")) for name in marked)
+    resamplers = [n for n in wf._get_all_nodes() if n.fullname.startswith("resample")]
+    assert resamplers and all("sbatch_args" not in n.plugin_args for n in resamplers)
