@@ -1,0 +1,137 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Smoothed multi-resolution pyramids defined in millimetres.
+
+Each level has a target spacing ``s`` (mm). An image with voxel size ``v`` along an axis is
+smoothed with a Gaussian of standard deviation ``0.5 * sqrt(s**2 - v**2)`` mm, which brings its
+effective resolution to about ``s`` whatever its native voxel size (so fixed and moving images
+with different voxel sizes are compared at matching resolutions), then sampled every ``s / v``
+voxels. Levels are built coarse from fine, each from the previous one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .frames import voxel_to_grid
+
+
+def gaussian_kernel(sigma: float, *, truncate: float = 3.0, dtype=torch.float32, device=None):
+    """Normalised 1D Gaussian kernel (``sigma`` in voxels).
+
+    >>> k = gaussian_kernel(1.0)
+    >>> k.shape[0], round(float(k.sum()), 6)
+    (7, 1.0)
+    """
+    radius = max(1, int(math.ceil(truncate * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def gaussian_smooth(data: torch.Tensor, sigma_vox) -> torch.Tensor:
+    """Separable Gaussian smoothing of ``[B, C, *spatial]`` data, replicate-padded.
+
+    Parameters
+    ----------
+    data : (B, C, *spatial) tensor
+    sigma_vox : sequence of float
+        Standard deviation along each spatial axis in voxels; zeros skip that axis.
+    """
+    ndim = data.ndim - 2
+    conv = F.conv3d if ndim == 3 else F.conv2d
+    b, c = data.shape[:2]
+    out = data.reshape(b * c, 1, *data.shape[2:])
+    for axis, sigma in enumerate(sigma_vox):
+        if sigma <= 0.05:
+            continue
+        kernel = gaussian_kernel(float(sigma), dtype=data.dtype, device=data.device)
+        radius = kernel.numel() // 2
+        if radius >= out.shape[2 + axis]:
+            radius = out.shape[2 + axis] - 1
+            kernel = gaussian_kernel(float(sigma), truncate=radius / sigma, dtype=data.dtype,
+                                     device=data.device)
+        shape = [1, 1] + [1] * ndim
+        shape[2 + axis] = kernel.numel()
+        pad = [0, 0] * ndim
+        pad[2 * (ndim - 1 - axis)] = pad[2 * (ndim - 1 - axis) + 1] = radius
+        out = conv(F.pad(out, pad, mode="replicate"), kernel.reshape(shape))
+    return out.reshape(b, c, *out.shape[2:])
+
+
+def downsample(data: torch.Tensor, affine: np.ndarray, factors) -> tuple[torch.Tensor, np.ndarray]:
+    """Sample ``[B, C, *spatial]`` data every ``factors`` voxels (linear interpolation).
+
+    The first voxel centre is kept; the new voxel-to-world matrix is ``affine @ diag(factors)``.
+
+    Parameters
+    ----------
+    data : (B, C, *spatial) tensor
+    affine : (n + 1, n + 1) array or (B, n + 1, n + 1) array
+    factors : sequence of float
+        Sampling step per axis (>= 1) in input voxels.
+
+    Returns
+    -------
+    data : (B, C, *new_spatial) tensor
+    affine : array of the same shape as the input ``affine``
+    """
+    ndim = data.ndim - 2
+    shape = data.shape[2:]
+    factors = [float(f) for f in factors]
+    scale = np.diag(factors + [1.0])
+    new_affine = np.asarray(affine) @ scale
+    if all(abs(f - 1.0) < 1e-6 for f in factors):
+        return data, new_affine
+    new_shape = [max(1, int(math.floor((n - 1) / f + 1e-6)) + 1) for n, f in zip(shape, factors)]
+    to_grid = torch.as_tensor(voxel_to_grid(shape) @ scale, dtype=torch.float32, device=data.device)
+    axes = [torch.arange(n, dtype=torch.float32, device=data.device) for n in new_shape]
+    idx = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+    grid = idx @ to_grid[:ndim, :ndim].T + to_grid[:ndim, ndim]
+    grid = grid.unsqueeze(0).expand(data.shape[0], *grid.shape)
+    out = F.grid_sample(data, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return out, new_affine
+
+
+def build_pyramid(data: torch.Tensor, affine: np.ndarray, spacings_mm, *, smooth: bool = True,
+                  min_sigma_mm: float = 0.0):
+    """Levels of a ``[B, C, *spatial]`` batch for each spacing (any order; returned in that order).
+
+    Parameters
+    ----------
+    data : (B, C, *spatial) tensor
+    affine : (B, n + 1, n + 1) array
+        Voxel-to-world matrices; items share voxel sizes.
+    spacings_mm : sequence of float
+    smooth : bool
+        Smooth before sampling (off for masks, which are sampled with nearest-like thresholds).
+    min_sigma_mm : float
+        Smallest total Gaussian blur (mm) of every level, the finest included. A little blur
+        at the native resolution makes linear interpolation far less biased.
+
+    Returns
+    -------
+    list of (data, affine)
+    """
+    affine = np.asarray(affine, dtype=float)
+    voxel = np.sqrt((affine[0, :-1, :-1] ** 2).sum(axis=0))
+    order = np.argsort(spacings_mm)
+    levels = [None] * len(spacings_mm)
+    cur, cur_affine, cur_sigma = data, affine, np.zeros_like(voxel)
+    for i in order:
+        s = float(spacings_mm[i])
+        # Smooth from the current resolution to s, then sample.
+        if smooth:
+            target = np.maximum(0.5 * np.sqrt(np.maximum(s**2 - voxel**2, 0.0)), min_sigma_mm)
+            sigma_mm = np.sqrt(np.maximum(target**2 - cur_sigma**2, 0.0))
+            cur_sigma = np.maximum(cur_sigma, target)
+            cur_vox = np.sqrt((cur_affine[0, :-1, :-1] ** 2).sum(axis=0))
+            cur = gaussian_smooth(cur, sigma_mm / cur_vox)
+        cur_vox = np.sqrt((cur_affine[0, :-1, :-1] ** 2).sum(axis=0))
+        factors = np.maximum(1.0, s / cur_vox)
+        cur, cur_affine = downsample(cur, cur_affine, factors)
+        levels[i] = (cur, cur_affine)
+    return levels

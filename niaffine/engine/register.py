@@ -1,0 +1,419 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Affine registration in world coordinates: :func:`register` and :func:`register_batch`.
+
+The result maps fixed-space world points to moving-space world points (the convention of ITK,
+ANTs, nitransforms and fMRIPrep), whatever the two images' voxel sizes, orientations and fields
+of view. See :mod:`niaffine.engine.params` for the parameterisation, :mod:`.pyramid` for the
+levels, :mod:`.sampling` for the per-level problem and :mod:`.optim` for the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from . import metrics as M
+from .initialise import INITS, centre_of_mass, geometric_centre, rotation_candidates
+from .optim import Optimiser
+from .params import AffineParameters, active_groups
+from .pyramid import build_pyramid
+from .result import LevelReport, RegistrationResult
+from .sampling import (
+    LevelProblem,
+    dense_points,
+    dilate,
+    moving_grid_matrices,
+    sample_points,
+)
+from .volume import Volume, as_volume, robust_normalise
+
+LOGGER = logging.getLogger(__name__)
+
+DEFAULT_LEVELS_MM = (8.0, 4.0, 2.0, 1.0)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an :class:`InputError`."""
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={device} was requested but CUDA is not available on this machine")
+    return dev
+
+
+def register(fixed, moving, *, fixed_mask=None, moving_mask=None, initial_matrix=None,
+             **options) -> RegistrationResult:
+    """Register one moving image to one fixed image.
+
+    Parameters
+    ----------
+    fixed, moving : nibabel image, list of nibabel images, or Volume
+        2D or 3D images; a list registers several contrasts (channels) jointly. Fixed and
+        moving must have the same number of channels.
+    fixed_mask, moving_mask : nibabel image, optional
+        Binary masks on the grid of their image; the metric uses only points inside both.
+    initial_matrix : (n + 1, n + 1) array, optional
+        Initial fixed-to-moving world matrix (overrides ``init``).
+    **options
+        See :func:`register_batch`.
+
+    Returns
+    -------
+    RegistrationResult
+    """
+    masks_f = None if fixed_mask is None else [fixed_mask]
+    masks_m = None if moving_mask is None else [moving_mask]
+    inits = None if initial_matrix is None else [initial_matrix]
+    return register_batch([fixed], [moving], fixed_masks=masks_f, moving_masks=masks_m,
+                          initial_matrices=inits, **options)[0]
+
+
+def register_batch(
+    fixed: Sequence,
+    moving: Sequence,
+    *,
+    fixed_masks: Sequence | None = None,
+    moving_masks: Sequence | None = None,
+    initial_matrices: Sequence | None = None,
+    dof: int = 12,
+    metric: str | Callable = "auto",
+    init: str = "com",
+    rotation_search: bool = False,
+    search_max_deg: float = 45.0,
+    search_step_deg: float = 22.5,
+    levels_mm: Sequence[float] = DEFAULT_LEVELS_MM,
+    smoothing_mm: float = 0.0,
+    max_samples: int | None = 100_000,
+    max_iterations: int | Sequence[int] = 100,
+    tolerance: float = 1e-6,
+    frozen: Sequence[str] = (),
+    optimizer="lbfgs",
+    optimizer_kwargs: dict | None = None,
+    bins: int = 32,
+    lncc_window: int = 5,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    callback: Callable | None = None,
+) -> list[RegistrationResult]:
+    """Register ``B`` independent pairs of images in one batched optimisation.
+
+    Parameters
+    ----------
+    fixed, moving : sequence of images
+        ``B`` fixed and ``B`` moving images (each a nibabel image, list of channel images or
+        Volume). Fixed images share a shape and voxel size among themselves, and so do moving
+        images; their orientations and origins may differ.
+    fixed_masks, moving_masks : sequence of nibabel images, optional
+    initial_matrices : sequence of (n + 1, n + 1) arrays, optional
+    dof : int
+        3, 6, 7, 9 or 12 in 3D (2, 3, 4 or 6 in 2D).
+    metric : str or callable
+        ``mse``, ``ncc``, ``lncc``, ``mi``, ``nmi``, ``cr`` or ``auto`` (mutual information,
+        which serves same and different contrasts). A callable
+        ``loss(fixed (B, C, N), moving (B, C, N), weight (B, N)) -> (B,)`` is used as is.
+    init : str
+        ``com`` (centre of mass, default), ``geometric`` (field-of-view centres) or ``identity``.
+    rotation_search : bool
+        Search rotations on a grid of Euler angles (within ``search_max_deg``, every
+        ``search_step_deg``) at the coarsest level before optimising.
+    levels_mm : sequence of float
+        Pyramid spacings in mm, coarse to fine; spacings finer than the fixed image's voxels
+        collapse onto its native grid.
+    max_samples : int or None
+        Sample points per level and pair (``None``: every voxel in the sampling region).
+    max_iterations : int or sequence of int
+        Iteration cap per level.
+    tolerance : float
+        Convergence tolerance (metric change; see :class:`.optim.Optimiser`).
+    frozen : sequence of str
+        Parameter groups to hold at their initial value (``translation``, ``rotation``,
+        ``zoom``, ``shear``).
+    optimizer : "lbfgs" or torch.optim.Optimizer subclass
+    optimizer_kwargs : dict, optional
+    bins : int
+        Histogram bins for ``mi``, ``nmi`` and ``cr``.
+    lncc_window : int
+        Window side (voxels) of ``lncc``.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    seed : int
+        Seeds the sampling of points: the same seed gives the same result on one machine.
+    callback : callable, optional
+        ``callback(level_index, iteration, loss)`` after each level's optimisation.
+
+    Returns
+    -------
+    list of RegistrationResult
+    """
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    if init not in INITS:
+        raise InputError(f"init={init!r} is not one of {', '.join(INITS)}")
+    loss_fn, metric_name = _resolve_metric(metric, bins)
+    fix = [_normalised(as_volume(img, name="fixed image")) for img in fixed]
+    mov = [_normalised(as_volume(img, name="moving image")) for img in moving]
+    if len(fix) != len(mov) or not fix:
+        raise InputError("register_batch needs as many fixed as moving images (at least one)")
+    _check_batch(fix, "fixed image")
+    _check_batch(mov, "moving image")
+    ndim = fix[0].ndim
+    if any(v.ndim != ndim for v in mov) or fix[0].channels != mov[0].channels:
+        raise InputError(f"{mov[0].name}: dimensionality/channels differ from {fix[0].name}")
+    active_groups(dof, ndim, frozen)  # validates dof and group names early
+    fmask = _masks(fixed_masks, fix, "fixed mask")
+    mmask = _masks(moving_masks, mov, "moving mask")
+
+    levels = _effective_levels(levels_mm, fix[0].voxel_size)
+    iters = _per_level(max_iterations, len(levels))
+    f_aff = np.stack([v.affine for v in fix])
+    m_aff = np.stack([v.affine for v in mov])
+    f_pyr = build_pyramid(torch.stack([v.data for v in fix]).to(dev), f_aff, levels,
+                          min_sigma_mm=smoothing_mm)
+    m_pyr = build_pyramid(torch.stack([v.data for v in mov]).to(dev), m_aff, levels,
+                          min_sigma_mm=smoothing_mm)
+    fm_pyr = mm_pyr = None
+    if fmask is not None:
+        fm_pyr = build_pyramid(fmask.to(dev), f_aff, levels, smooth=False)
+    if mmask is not None:
+        mm_pyr = build_pyramid(mmask.to(dev), m_aff, levels, smooth=False)
+
+    # Centres, scales and the starting transform, from the coarsest level.
+    coarse_f, coarse_f_aff = f_pyr[0]
+    coarse_m, coarse_m_aff = m_pyr[0]
+    centres, starts, radii = [], [], []
+    for b in range(len(fix)):
+        wf = None if fm_pyr is None else (fm_pyr[0][0][b] > 0.5)
+        wm = None if mm_pyr is None else (mm_pyr[0][0][b] > 0.5)
+        c_f = centre_of_mass(coarse_f[b], coarse_f_aff[b], wf)
+        if init == "com":
+            c_m = centre_of_mass(coarse_m[b], coarse_m_aff[b], wm)
+        elif init == "geometric":
+            c_f = geometric_centre(fix[b].shape, fix[b].affine)
+            c_m = geometric_centre(mov[b].shape, mov[b].affine)
+        else:
+            c_m = c_f
+        start_m = np.eye(ndim + 1)
+        start_m[:ndim, ndim] = c_m - c_f
+        if initial_matrices is not None:
+            start_m = np.asarray(initial_matrices[b], dtype=float)
+            if start_m.shape != (ndim + 1, ndim + 1):
+                raise InputError(f"initial transform must be {ndim + 1}x{ndim + 1}, got {start_m.shape}")
+        centres.append(c_f)
+        starts.append(start_m)
+        radii.append(_radius(coarse_f[b], coarse_f_aff[b], c_f))
+    params = AffineParameters(np.stack(centres), np.array(radii), dof=dof, frozen=frozen,
+                              initial=np.stack(starts)).to(dev)
+
+    generator = torch.Generator().manual_seed(int(seed))
+    reports: list[list[LevelReport]] = [[] for _ in fix]
+    for li, spacing in enumerate(levels):
+        t0 = time.perf_counter()
+        problem = _level_problem(
+            f_pyr[li], m_pyr[li], None if fm_pyr is None else fm_pyr[li],
+            None if mm_pyr is None else mm_pyr[li], dense=metric_name == "lncc",
+            max_samples=max_samples, generator=generator, device=dev,
+        )
+
+        def objective(problem=problem):
+            values, weights = problem.warp(params())
+            if metric_name == "lncc":
+                return M.lncc(problem.fixed_values, values, weights, window=lncc_window)
+            return loss_fn(problem.fixed_values, values, weights)
+
+        if li == 0:
+            _check_overlap(problem, params, fix, mov)
+            if rotation_search:
+                _rotation_search(params, objective, search_max_deg, search_step_deg, tolerance)
+        opt = Optimiser(
+            params.optimised(), optimizer=optimizer, optimizer_kwargs=optimizer_kwargs,
+            max_iterations=iters[li], tolerance_mm=tolerance * 1e3, tolerance=tolerance,
+            callback=None if callback is None else (lambda it, loss, li=li: callback(li, it, loss)),
+        )
+        rep = opt.run(objective)
+        seconds = time.perf_counter() - t0
+        LOGGER.info("level %.2g mm: %d iterations, %d evaluations, loss %s, %.2f s", spacing,
+                    rep.iterations, rep.evaluations, rep.loss.tolist(), seconds)
+        for b in range(len(fix)):
+            reports[b].append(LevelReport(float(spacing), rep.iterations, rep.evaluations,
+                                          float(rep.loss[b]), rep.converged, seconds,
+                                          problem.samples))
+    elapsed = time.perf_counter() - start
+    with torch.no_grad():
+        matrices = params().cpu().numpy()
+        groups = {k: v.detach().cpu().numpy() for k, v in params.groups().items()}
+    return [
+        RegistrationResult(
+            matrix=matrices[b], translation=groups["translation"][b], rotation=groups["rotation"][b],
+            zoom=np.exp(groups["zoom"][b]), shear=groups["shear"][b], centre=np.asarray(centres[b]),
+            metric=metric_name, dof=int(dof), levels=reports[b], elapsed_s=elapsed, device=str(dev),
+        )
+        for b in range(len(fix))
+    ]
+
+
+def _resolve_metric(metric, bins):
+    if callable(metric):
+        return metric, getattr(metric, "__name__", "custom")
+    name = str(metric).lower()
+    if name == "auto":
+        name = "mi"
+    if name == "lncc":
+        return None, name
+    if name not in M.POINT_METRICS:
+        raise InputError(f"metric={metric!r} is not one of auto, {', '.join(M.METRICS)}")
+    if name == "mi":
+        return (lambda f, m, w: M.mutual_information(f, m, w, bins=bins)), name
+    if name == "cr":
+        return (lambda f, m, w: M.correlation_ratio(f, m, w, bins=bins)), name
+    return M.POINT_METRICS[name], name
+
+
+def _normalised(vol: Volume) -> Volume:
+    return Volume(robust_normalise(vol.data), vol.affine, vol.name)
+
+
+def _check_batch(vols: list[Volume], role: str) -> None:
+    for v in vols[1:]:
+        if v.data.shape != vols[0].data.shape or not np.allclose(v.voxel_size, vols[0].voxel_size,
+                                                                 rtol=1e-4):
+            raise InputError(f"{v.name}: every {role} of a batch must share shape and voxel size")
+
+
+def _masks(masks, vols: list[Volume], role: str):
+    if masks is None:
+        return None
+    if len(masks) != len(vols):
+        raise InputError(f"{role}: give one mask per image ({len(vols)}), got {len(masks)}")
+    out = []
+    for mask, vol in zip(masks, vols):
+        if mask is None:
+            out.append(torch.ones(1, *vol.shape))
+            continue
+        mvol = as_volume(mask, name=role, mask=True)
+        if mvol.shape != vol.shape or not np.allclose(mvol.affine, vol.affine, atol=1e-3):
+            raise InputError(f"{mvol.name}: {role} is not on the grid of {vol.name} "
+                             f"(shape {mvol.shape} vs {vol.shape}, or different affine)")
+        out.append(mvol.data[:1])
+    return torch.stack(out)
+
+
+def _effective_levels(levels_mm, voxel_size) -> list[float]:
+    finest = float(np.min(voxel_size))
+    out: list[float] = []
+    for s in levels_mm:
+        s = max(float(s), finest)
+        if not out or abs(out[-1] - s) > 1e-6:
+            out.append(s)
+    if not out:
+        raise InputError("levels_mm must list at least one spacing")
+    return out
+
+
+def _per_level(value, n: int) -> list[int]:
+    if np.isscalar(value):
+        return [int(value)] * n
+    value = [int(v) for v in value]
+    if len(value) != n:
+        raise InputError(f"max_iterations lists {len(value)} values for {n} levels")
+    return value
+
+
+def _radius(data: torch.Tensor, affine, centre) -> float:
+    """RMS distance (mm) of the foreground from the centre: the parameter scale."""
+    fg = data.sum(0) > 0.05
+    if not fg.any():
+        return 50.0
+    from .frames import voxel_centres
+
+    pts = voxel_centres(data.shape[1:], affine, dtype=torch.float64)[fg.reshape(-1).cpu()]
+    return float(torch.sqrt(((pts - torch.as_tensor(centre)) ** 2).sum(-1).mean()).clamp_min(5.0))
+
+
+def _level_problem(fixed_level, moving_level, fmask_level, mmask_level, *, dense, max_samples,
+                   generator, device) -> LevelProblem:
+    f_data, f_aff = fixed_level
+    m_data, m_aff = moving_level
+    if fmask_level is not None:
+        region = fmask_level[0] > 0.5
+    else:
+        region = dilate((f_data.sum(1, keepdim=True) > 0.05).float(), 2) > 0
+    m_to_grid = moving_grid_matrices(m_aff, m_data.shape[2:]).to(device)
+    mmask = None if mmask_level is None else (mmask_level[0] > 0.5).float()
+    if dense:
+        points = dense_points(f_data.shape[2:], f_aff).to(device)
+        return LevelProblem(points, f_data, region.float(), m_data, mmask, m_to_grid,
+                            dense_shape=tuple(f_data.shape[2:]))
+    points, values, weights = sample_points(f_data, f_aff, region, max_samples=max_samples,
+                                            generator=generator)
+    return LevelProblem(points.to(device), values.to(device), weights.to(device), m_data, mmask,
+                        m_to_grid)
+
+
+def _check_overlap(problem: LevelProblem, params, fix, mov) -> None:
+    with torch.no_grad():
+        overlap = problem.overlap(params())
+    for b, frac in enumerate(overlap.tolist()):
+        if frac < 0.01:
+            raise InputError(f"{mov[b].name}: does not overlap {fix[b].name} at the initial "
+                             f"transform ({100 * frac:.1f}% of fixed samples inside)")
+
+
+def _rotation_search(params: AffineParameters, objective, max_deg, step_deg, tolerance,
+                     keep: int = 3) -> None:
+    """Try rotations on a grid, refine the best few briefly, keep the best per batch item."""
+    radius = params.radius
+    base_rot = params.rotation.detach().clone()
+    base_tr = params.translation.detach().clone()
+    # Candidate rotations composed with each item's starting rotation, in scaled units.
+    candidates = torch.as_tensor(
+        _compose_rotations(rotation_candidates(max_deg, step_deg, params.ndim),
+                           (base_rot / radius).cpu().numpy()),
+        device=base_rot.device) * radius  # (K, B, r)
+    losses = []
+    with torch.no_grad():
+        for cand in candidates:
+            params.rotation.copy_(cand)
+            losses.append(objective())
+    losses = torch.stack(losses)  # (K, B)
+    order = losses.argsort(dim=0)[:keep]
+    best_loss = torch.full_like(losses[0], float("inf"))
+    best_rot, best_tr = base_rot.clone(), base_tr.clone()
+    groups = [params.translation, params.rotation]
+    for j in range(order.shape[0]):
+        with torch.no_grad():
+            params.rotation.copy_(candidates[order[j], torch.arange(order.shape[1])])
+            params.translation.copy_(base_tr)
+        was = [p.requires_grad for p in groups]
+        for p in groups:
+            p.requires_grad_(True)
+        rep = Optimiser(groups, max_iterations=15, tolerance_mm=tolerance * 1e3).run(objective)
+        for p, flag in zip(groups, was):
+            p.requires_grad_(flag)
+        better = rep.loss < best_loss
+        best_loss = torch.where(better, rep.loss, best_loss)
+        best_rot[better] = params.rotation.detach()[better]
+        best_tr[better] = params.translation.detach()[better]
+    with torch.no_grad():
+        params.rotation.copy_(best_rot)
+        params.translation.copy_(best_tr)
+    LOGGER.info("rotation search: %d candidates, best loss %s", len(candidates), best_loss.tolist())
+
+
+def _compose_rotations(candidates: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Rotation vectors of ``R(candidate) @ R(base)`` for every candidate and item: (K, B, r)."""
+    if candidates.shape[-1] == 1:
+        return candidates[:, None, :] + base[None]
+    from scipy.spatial.transform import Rotation
+
+    out = np.empty((len(candidates), len(base), 3))
+    for b, rb in enumerate(base):
+        out[:, b] = (Rotation.from_rotvec(candidates) * Rotation.from_rotvec(rb)).as_rotvec()
+    return out

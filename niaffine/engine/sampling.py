@@ -1,0 +1,166 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Per-level problem data: fixed sample points, moving volumes, and the batched loss.
+
+At each pyramid level the metric is evaluated on a set of fixed-image voxel centres (a seeded
+random subset of the voxels inside the fixed mask, or inside the dilated foreground when no mask
+is given, as ANTs samples a percentage of voxels). Fixed intensities at those points are exact;
+moving intensities are interpolated at the transformed points. Dense metrics (local NCC) use
+every voxel of the level grid instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .frames import apply_homogeneous, grid_shape_for, inside_grid, voxel_centres, world_to_grid
+
+
+@dataclass
+class LevelProblem:
+    """Everything one level's loss needs, on one device.
+
+    Attributes
+    ----------
+    points : (B, N, n) float64 tensor
+        Fixed world sample points.
+    fixed_values : (B, C, N) tensor, or (B, C, *shape) for dense metrics
+    weights : (B, N) tensor, or (B, 1, *shape) for dense metrics
+    moving : (B, C, *moving_shape) tensor
+        Moving intensities at this level.
+    moving_mask : (B, 1, *moving_shape) tensor or None
+    world_to_moving_grid : (B, n + 1, n + 1) float64 tensor
+    dense_shape : tuple or None
+        Spatial shape of the fixed level grid when the metric is dense.
+    """
+
+    points: torch.Tensor
+    fixed_values: torch.Tensor
+    weights: torch.Tensor
+    moving: torch.Tensor
+    moving_mask: torch.Tensor | None
+    world_to_moving_grid: torch.Tensor
+    dense_shape: tuple | None = None
+
+    @property
+    def samples(self) -> int:
+        """Number of sample points per batch item."""
+        return self.points.shape[1]
+
+    def warp(self, matrix: torch.Tensor):
+        """Moving values and validity weights at the transformed sample points.
+
+        Parameters
+        ----------
+        matrix : (B, n + 1, n + 1) float64 tensor
+            Fixed-to-moving world matrices.
+
+        Returns
+        -------
+        values : (B, C, N) tensor (or dense)
+        weights : (B, N) tensor (or dense)
+        """
+        ndim = self.points.shape[-1]
+        to_grid = self.world_to_moving_grid @ matrix
+        coords = apply_homogeneous(to_grid, self.points).to(self.moving.dtype)
+        grid = grid_shape_for(coords, ndim)
+        values = F.grid_sample(self.moving, grid, mode="bilinear", padding_mode="border",
+                               align_corners=True)
+        b, c = values.shape[:2]
+        values = values.reshape(b, c, -1)
+        weights = self.weights_flat() * inside_grid(coords.detach()).to(values.dtype)
+        if self.moving_mask is not None:
+            inside_mask = F.grid_sample(self.moving_mask, grid.detach(), mode="bilinear",
+                                        padding_mode="zeros", align_corners=True)
+            weights = weights * (inside_mask.reshape(b, -1) > 0.5).to(values.dtype)
+        if self.dense_shape is not None:
+            values = values.reshape(b, c, *self.dense_shape)
+            weights = weights.reshape(b, 1, *self.dense_shape)
+        return values, weights
+
+    def weights_flat(self) -> torch.Tensor:
+        """Sample weights as ``(B, N)``."""
+        return self.weights.reshape(self.weights.shape[0], -1)
+
+    def overlap(self, matrix: torch.Tensor) -> torch.Tensor:
+        """Fraction ``(B,)`` of the fixed sample weight that lands inside the moving image."""
+        with torch.no_grad():
+            _, w = self.warp(matrix)
+            w = w.reshape(w.shape[0], -1)
+            return w.sum(-1) / self.weights_flat().sum(-1).clamp_min(1e-8)
+
+
+def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation of ``(B, 1, *spatial)`` masks by a cube of side ``2 * radius + 1``."""
+    if radius <= 0:
+        return mask
+    pool = F.max_pool3d if mask.ndim == 5 else F.max_pool2d
+    return pool(mask, 2 * radius + 1, stride=1, padding=radius)
+
+
+def sample_points(
+    fixed: torch.Tensor,
+    affine: np.ndarray,
+    region: torch.Tensor,
+    *,
+    max_samples: int | None,
+    generator: torch.Generator,
+):
+    """Draw fixed sample points inside ``region`` for every batch item.
+
+    Parameters
+    ----------
+    fixed : (B, C, *shape) tensor
+        Fixed intensities at this level.
+    affine : (B, n + 1, n + 1) array
+        Voxel-to-world matrices of the level grid.
+    region : (B, 1, *shape) bool tensor
+        Where samples may be drawn.
+    max_samples : int or None
+        Cap per item; ``None`` keeps every voxel of the region.
+    generator : torch.Generator
+        Seeded CPU generator (reproducibility).
+
+    Returns
+    -------
+    points : (B, N, n) float64 tensor
+    values : (B, C, N) tensor
+    weights : (B, N) tensor
+        1 for drawn points, 0 for padding when items have fewer region voxels than others.
+    """
+    b, c = fixed.shape[:2]
+    shape = fixed.shape[2:]
+    flat_region = region.reshape(b, -1).cpu()
+    chosen = []
+    for item in range(b):
+        idx = torch.nonzero(flat_region[item], as_tuple=False)[:, 0]
+        if max_samples is not None and idx.numel() > max_samples:
+            pick = torch.randperm(idx.numel(), generator=generator)[:max_samples]
+            idx = idx[pick].sort().values
+        chosen.append(idx)
+    n = max(int(idx.numel()) for idx in chosen)
+    points = torch.zeros(b, n, len(shape), dtype=torch.float64)
+    values = torch.zeros(b, c, n, dtype=fixed.dtype)
+    weights = torch.zeros(b, n, dtype=fixed.dtype)
+    flat_fixed = fixed.reshape(b, c, -1).cpu()
+    for item, idx in enumerate(chosen):
+        aff = torch.as_tensor(np.asarray(affine[item], dtype=float))
+        k = idx.numel()
+        values[item, :, :k] = flat_fixed[item][:, idx]
+        voxels = torch.stack(torch.unravel_index(idx, tuple(shape)), dim=-1).to(torch.float64)
+        points[item, :k] = voxels @ aff[:-1, :-1].T + aff[:-1, -1]
+        weights[item, :k] = 1.0
+    return points, values, weights
+
+
+def dense_points(shape, affine: np.ndarray) -> torch.Tensor:
+    """World coordinates ``(B, prod(shape), n)`` of every voxel of each item's level grid."""
+    return torch.stack([voxel_centres(shape, a, dtype=torch.float64) for a in affine])
+
+
+def moving_grid_matrices(affine: np.ndarray, shape) -> torch.Tensor:
+    """World-to-grid matrices ``(B, n + 1, n + 1)`` of each item's moving level grid."""
+    return torch.as_tensor(np.stack([world_to_grid(a, shape) for a in affine]))
