@@ -88,10 +88,32 @@ def collect_registrations(output_dir) -> list[dict]:
             "final_metric": _number(meta.get("FinalMetric")), "dof": meta.get("DOF", "n/a"),
             "iterations": meta.get("Iterations", "n/a"),
             "elapsed_s": _number(meta.get("ElapsedSeconds")),
-            "mask_volume_ml": _number(meta.get("MaskVolumeML")),
+            "mask_volume_ml": _mask_volume(sidecar.parent, name)
+            or _number(meta.get("MaskVolumeML")),
             "transform": sidecar.with_suffix(".txt").relative_to(output_dir).as_posix(),
         })
     return rows
+
+
+_VOLUMES: dict = {}
+
+
+def _mask_volume(folder: Path, name: str) -> float | None:
+    """Volume (ml) of the subject/session's T1w brain mask derivative, if there is one."""
+    prefix = "_".join(p for p in name.split("_") if p.startswith(("sub-", "ses-")))
+    anat = folder.parent / "anat" if folder.name != "anat" else folder
+    path = anat / f"{prefix}_desc-brain_mask.nii.gz"
+    if not path.is_file():
+        return None
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _VOLUMES:
+        import nibabel as nb
+        import numpy as np
+
+        img = nb.load(str(path))
+        voxel_ml = float(abs(np.linalg.det(img.affine[:3, :3]))) / 1000.0
+        _VOLUMES[key] = float(np.count_nonzero(np.asanyarray(img.dataobj) > 0)) * voxel_ml
+    return _VOLUMES[key]
 
 
 def _median(values):
@@ -332,7 +354,8 @@ def write_group_outputs(output_dir, expected_subjects=()) -> tuple[Path, Path, l
     tsv = drv.write_text(group / "registration_qc.tsv", _tsv(rows))
     drv.write_json(group / "registration_qc.json", {
         "final_metric": {"Description": "similarity at convergence (as reported by the engine)"},
-        "mask_volume_ml": {"Description": "T1w brain-mask volume", "Units": "ml"},
+        "mask_volume_ml": {"Description": "volume of the subject's T1w brain mask "
+                           "(desc-brain_mask derivative)", "Units": "ml"},
         "elapsed_s": {"Description": "registration time", "Units": "s"},
         "flags": {"Description": "no_metric, metric_outlier (robust z > 3.5 within its "
                   "registration type), mask_volume (outside 800-2200 ml), missing (a subject "

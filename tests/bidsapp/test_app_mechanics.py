@@ -138,7 +138,9 @@ def test_group_outputs(app_run):
     rows = [dict(zip(header, line.split("\t"))) for line in tsv[1:]]
     assert {(r["source"], r["target"]) for r in rows} == {
         ("T2w", "T1w"), ("task-rest:bold", "T1w"), ("T1w", "MNI152NLin2009aSym")}
-    assert all(r["flags"] == "n/a" for r in rows)
+    # the stand-in's "brain mask" is every non-zero voxel of the head's field of view
+    assert {r["flags"] for r in rows} == {"mask_volume"}
+    assert float(rows[0]["mask_volume_ml"]) > 2200
     index = (app_run["out"] / "group/index.html").read_text()
     assert "<svg" in index and "../sub-01.html" in index
 
