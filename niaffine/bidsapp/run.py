@@ -141,6 +141,10 @@ def run_participant(settings: Settings) -> int:
         from niaffine.bidsapp.workflow import init_niaffine_wf
 
         workflow = init_niaffine_wf(settings, usable)
+        if plugin in ("MultiProc", "LegacyMultiProc", "Linear"):
+            # nipype waits this long between scheduling rounds (default 2 s): on a cached
+            # rerun every level of the graph costs one round, so keep it short locally.
+            workflow.config["execution"]["poll_sleep_duration"] = 0.2
         if settings.device.startswith("cuda"):
             from niaffine.bidsapp.plugin import mark_gpu_nodes
 
