@@ -364,10 +364,11 @@ def write_group_outputs(output_dir, expected_subjects=()) -> tuple[Path, Path, l
     flagged = [r for r in rows if r["flags"] != "n/a"]
     missing = [r for r in rows if r["flags"] == "missing"]
     registrations = [r for r in rows if r["flags"] != "missing"]
+    n_flagged = len(flagged) - len(missing)
     body = [f"<p>{len(present)} subjects with outputs, {len(registrations)} registrations, "
-            f"<span class=\"{'flag' if flagged else 'ok'}\">{len(flagged)} flagged</span>"
-            + (f", <span class=\"flag\">{len(missing)} subjects without outputs</span>"
-               if missing else "")
+            f"<span class=\"{'flag' if n_flagged else 'ok'}\">{n_flagged} flagged</span>"
+            + (f", <span class=\"flag\">{len(missing)} subject{'s' if len(missing) > 1 else ''}"
+               " without outputs</span>" if missing else "")
             + ". QC table: <a href=\"registration_qc.tsv\">registration_qc.tsv</a>.</p>",
             "<h2>Across the dataset</h2>", _plots(registrations)]
     if flagged:

@@ -169,7 +169,7 @@ def test_subject_without_t1w_skipped_others_run(tmp_path, dirs, capsys, monkeypa
     assert code == 0 and "no outputs for sub-02" in text
     rows = (dirs[0] / "group" / "registration_qc.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in rows if "missing" in r] == ["02"]
-    assert "1 subjects without outputs" in (dirs[0] / "group" / "index.html").read_text()
+    assert "1 subject without outputs" in (dirs[0] / "group" / "index.html").read_text()
 
 
 def test_failing_subject_reported_others_finish(tmp_path, dirs, capsys, monkeypatch):
