@@ -91,7 +91,7 @@ def extract_brain(
     volume_ml : float
         Mask volume in millilitres.
     """
-    img = load_image(in_file, role="T1w image")
+    img = load_image(in_file, role="T1w image", ndim=(3, 4))
     if img.ndim == 4 and img.shape[3] == 1:
         img = img.slicer[..., 0]
     if img.ndim != 3:

@@ -155,26 +155,31 @@ def _is_defined(value: object) -> bool:
     return value is not None and isdefined(value) and value != []
 
 
-def load_image(path: str | os.PathLike, role: str = "image"):
+def load_image(path: str | os.PathLike, role: str = "image", ndim=(3,)):
     """Load and validate an image through :func:`niaffine.io.load_image`.
 
-    Falls back to a plain :func:`nibabel.load` with the same checks while
-    ``niaffine.io`` is not importable.
+    Parameters
+    ----------
+    path : str or path-like
+    role : str
+        What the image is for, used in error messages.
+    ndim : sequence of int
+        Accepted numbers of dimensions (trailing singleton dimensions ignored).
     """
     try:
         from niaffine.io import load_image as _load
-    except ImportError:
+    except ImportError:  # pragma: no cover - only before niaffine.io exists
         _load = None
     if _load is not None:
-        return _load(path, role=role)
+        return _load(path, role=role, ndim=tuple(ndim))
 
     import nibabel as nb
     import numpy as np
 
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{role} {path} does not exist")
+        raise FileNotFoundError(f"{path}: {role} not found")
     img = nb.load(str(path))
     data = np.asanyarray(img.dataobj)
-    if not np.all(np.isfinite(data)) or not np.any(data):
-        raise ValueError(f"{role} {path} is empty or holds non-finite values")
+    if data.ndim not in tuple(ndim) or not np.all(np.isfinite(data)) or not np.any(data):
+        raise ValueError(f"{path}: {role} has the wrong shape, is empty or non-finite")
     return img

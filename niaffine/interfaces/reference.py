@@ -91,7 +91,7 @@ def reference_volume(
     volumes : list of int
         Indices of the volumes used.
     """
-    img = load_image(in_file, role="series")
+    img = load_image(in_file, role="series", ndim=(3, 4))
     out_file = out_file or derived_name(in_file, "_ref")
     if img.ndim == 3:
         data, index = img.get_fdata(dtype=np.float32), [0]

@@ -137,10 +137,13 @@ def register_files(
     from niaffine.engine import register, resample_image
     from niaffine.io import load_transform, save_transform
 
-    fixed = load_image(fixed_image, role="fixed image")
-    moving = load_image(moving_image, role="moving image")
-    fixed_mask = load_image(fixed_image_mask, role="fixed mask") if fixed_image_mask else None
-    moving_mask = load_image(moving_image_mask, role="moving mask") if moving_image_mask else None
+    fixed = load_image(fixed_image, role="fixed image", ndim=(2, 3))
+    moving = load_image(moving_image, role="moving image", ndim=(2, 3))
+    fixed_mask = moving_mask = None
+    if fixed_image_mask:
+        fixed_mask = load_image(fixed_image_mask, role="fixed mask", ndim=(2, 3))
+    if moving_image_mask:
+        moving_mask = load_image(moving_image_mask, role="moving mask", ndim=(2, 3))
     options = {}
     if levels_mm:
         options["levels_mm"] = tuple(float(v) for v in levels_mm)

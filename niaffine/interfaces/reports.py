@@ -189,17 +189,17 @@ def registration_svg(
     -------
     out_file : str
     """
-    fixed = nb.as_closest_canonical(load_image(fixed_image, role="fixed image"))
+    fixed = nb.as_closest_canonical(load_image(fixed_image, role="fixed image", ndim=(3, 4)))
     if fixed.ndim == 4:
         fixed = fixed.slicer[..., 0]
     background = fixed.get_fdata(dtype=np.float32)
     zooms = np.asarray(fixed.header.get_zooms()[:3], dtype=float)
     mask = None
     if mask_file:
-        mask = _on_grid(load_image(mask_file, role="mask"), fixed, order=0) > 0.5
+        mask = _on_grid(load_image(mask_file, role="mask", ndim=(3, 4)), fixed, order=0) > 0.5
     moved = None
     if moving_image:
-        moved = _on_grid(load_image(moving_image, role="moving image"), fixed, order=1)
+        moved = _on_grid(load_image(moving_image, role="moving image", ndim=(3, 4)), fixed, order=1)
     edges = moved
     if moved is not None and mask is not None and mask.any():
         # edges near the brain only (scalp rings of a head image would clutter the view)

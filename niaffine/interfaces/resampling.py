@@ -113,8 +113,8 @@ def apply_affine(
     from niaffine.engine import resample_image
     from niaffine.io import load_transform
 
-    moving = load_image(input_image, role="input image")
-    reference = load_image(reference_image, role="reference image")
+    moving = load_image(input_image, role="input image", ndim=(3, 4))
+    reference = load_image(reference_image, role="reference image", ndim=(3, 4))
     transforms = list(transforms or [])
     if len(transforms) == 1:
         matrices = [load_transform(transforms[0], reference=reference, moving=moving)]

@@ -94,8 +94,9 @@ def test_initial_moving_transform(rigid_case, tmp_path):
     ).run(cwd=str(tmp_path))
     facts = json.loads(open(result.outputs.run_facts).read())
     assert facts["initialization"] == "transform"
-    from niaffine.io import load_transform
     from nipype.interfaces.base import isdefined
+
+    from niaffine.io import load_transform
 
     assert not isdefined(result.outputs.warped_image)
 

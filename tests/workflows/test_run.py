@@ -84,9 +84,8 @@ def test_coreg_wf_recovers_rigid_t2(resolution, tmp_path):
 
 def test_resample_wf_single_interpolation(tmp_path, template_2mm):
     """Template-space output equals one resampling through the composed matrix."""
-    from niaffine.io import save_transform
-
     from niaffine.engine import resample_image
+    from niaffine.io import save_transform
 
     t1 = nb.load(template_2mm["t1"])
     centre = nb.affines.apply_affine(t1.affine, np.array(t1.shape) / 2.0)
