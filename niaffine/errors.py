@@ -17,3 +17,7 @@ class InputError(NiaffineError, ValueError):
 
 class RegistrationError(NiaffineError, RuntimeError):
     """The optimisation could not produce a usable transform (e.g. the metric became NaN)."""
+
+
+class DeviceUnavailableError(InputError):
+    """The requested compute device (e.g. CUDA) is not available on this machine."""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import DeviceUnavailableError, InputError
 from . import metrics as M
 from .initialise import INITS, centre_of_mass, geometric_centre, rotation_candidates
 from .optim import Optimiser
@@ -38,14 +38,16 @@ DEFAULT_LEVELS_MM = (8.0, 4.0, 2.0, 1.0)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an :class:`InputError`."""
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU raises
+    :class:`~niaffine.errors.DeviceUnavailableError`."""
     if isinstance(device, torch.device):
         return device
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device={device} was requested but CUDA is not available on this machine")
+        raise DeviceUnavailableError(
+            f"device={device} was requested but CUDA is not available on this machine")
     return dev
 
 

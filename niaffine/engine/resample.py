@@ -22,7 +22,7 @@ def compose(matrices) -> np.ndarray:
 
     >>> a = np.eye(4); a[0, 3] = 1
     >>> b = np.diag([2.0, 1, 1, 1])
-    >>> compose([a, b])[0, 3]
+    >>> float(compose([a, b])[0, 3])
     2.0
     """
     if isinstance(matrices, np.ndarray) and matrices.ndim == 2:

@@ -1,0 +1,231 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``niaffine-register``: register two images from the command line.
+
+Exit codes: 0 success; 2 bad command line (unknown option or value); 65 bad input data (an
+unreadable, empty, NaN, non-3D image, masks on another grid, images that do not overlap);
+69 the requested device is unavailable; 70 the optimisation failed; 73 an output cannot be
+written. Nothing is written unless the registration succeeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import DeviceUnavailableError, InputError, RegistrationError
+
+EXIT_USAGE, EXIT_DATA, EXIT_UNAVAILABLE, EXIT_SOFTWARE, EXIT_CANTCREAT = 2, 65, 69, 70, 73
+METRIC_CHOICES = ("auto", "mi", "nmi", "cr", "ncc", "lncc", "mse")
+LOGGER = logging.getLogger("niaffine.register")
+
+
+def _levels(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError("levels must be positive spacings in mm, e.g. '8 4 2 1'")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser (pure: no side effects)."""
+    parser = argparse.ArgumentParser(
+        prog="niaffine-register",
+        description=(
+            "Affine registration of MOVING to FIXED in world (RAS mm) coordinates. Writes the "
+            "transform that maps fixed-space points to moving-space points, i.e. the transform "
+            "that resamples MOVING into FIXED space, as ANTs/ITK, nitransforms and fMRIPrep "
+            "expect it."
+        ),
+        epilog=(
+            "Exit codes: 0 success, 2 bad command line, 65 bad input image or mask, 69 device "
+            "unavailable, 70 registration failed, 73 output not writable. Example: "
+            "niaffine-register t1.nii.gz t2.nii.gz -o t2_to_t1.txt --dof 6 --out-image t2_in_t1.nii.gz"
+        ),
+    )
+    parser.add_argument("fixed", type=Path, help="fixed (reference) image, NIfTI")
+    parser.add_argument("moving", type=Path, help="moving image, NIfTI, registered onto FIXED")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="output transform: ITK text (.txt/.tfm), FSL (.mat) or LTA (.lta)")
+    parser.add_argument("--dof", type=int, default=12, choices=(3, 6, 7, 9, 12),
+                        help="degrees of freedom: 3 translation, 6 rigid, 7 +isotropic scale, "
+                             "9 +scales, 12 full affine (2D images: 2, 3, 4, 6) [default: 12]")
+    parser.add_argument("--metric", default="auto", choices=METRIC_CHOICES,
+                        help="similarity: mutual information (mi), normalised MI (nmi), "
+                             "correlation ratio (cr), global/local normalised cross-correlation "
+                             "(ncc/lncc), mean squared error (mse); auto = mi [default: auto]")
+    parser.add_argument("--fixed-mask", type=Path, help="binary mask on the FIXED grid")
+    parser.add_argument("--moving-mask", type=Path, help="binary mask on the MOVING grid")
+    parser.add_argument("--init", default="com",
+                        help="initialisation: com (centres of mass), geometric (image centres), "
+                             "identity, or a transform file (ITK/FSL/LTA) [default: com]")
+    parser.add_argument("--rotation-search", action="store_true",
+                        help="search rotations (+-45 degrees) at the coarsest level first, for "
+                             "badly misaligned images")
+    parser.add_argument("--freeze", nargs="+", default=(), metavar="GROUP",
+                        choices=("translation", "rotation", "zoom", "shear"),
+                        help="parameter groups held at their initial value")
+    parser.add_argument("--levels", type=_levels, default=(8.0, 4.0, 2.0, 1.0),
+                        help="pyramid spacings in mm, coarse to fine [default: '8 4 2 1']")
+    parser.add_argument("--samples", type=_positive_int, default=100_000,
+                        help="metric sample points per level [default: 100000]")
+    parser.add_argument("--out-image", type=Path, help="MOVING resampled into FIXED space")
+    parser.add_argument("--interpolation", choices=("linear", "nearest", "cubic"), default="linear",
+                        help="interpolation for --out-image [default: linear]")
+    parser.add_argument("--out-inverse", type=Path, help="inverse transform (moving to fixed)")
+    parser.add_argument("--out-fsl", type=Path, help="also write the transform as FSL .mat")
+    parser.add_argument("--out-lta", type=Path, help="also write the transform as FreeSurfer LTA")
+    parser.add_argument("--out-json", type=Path,
+                        help="run facts: matrix, parameters, metric per level, timings")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda or cuda:N [default: auto]")
+    parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch")
+    parser.add_argument("--seed", type=int, default=0, help="random seed [default: 0]")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    parser.add_argument("--version", action="version", version=f"niaffine {__version__}")
+    return parser
+
+
+def _progress(quiet: bool, n_levels: int, spacings):
+    start = time.perf_counter()
+
+    def report(level, iterations, loss):
+        if not quiet:
+            print(f"  level {level + 1}/{n_levels} ({spacings[level]:g} mm): {iterations} iterations, "
+                  f"loss {loss:.5f}, {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command line; returns the exit code."""
+    import torch
+
+    from .engine import register, resample_image
+    from .io import load_image, load_transform, save_image, save_transform, transform_format
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for path in (args.output, args.out_fsl, args.out_lta, args.out_inverse):
+        if path is not None:
+            transform_format(path)
+    fixed = load_image(args.fixed, role="fixed image")
+    moving = load_image(args.moving, role="moving image")
+    fmask = load_image(args.fixed_mask, role="fixed mask", check_values=False) if args.fixed_mask else None
+    mmask = load_image(args.moving_mask, role="moving mask", check_values=False) if args.moving_mask else None
+    init, initial = args.init, None
+    if init not in ("com", "geometric", "identity"):
+        initial = load_transform(init, reference=fixed, moving=moving)
+        init = "com"
+    if not args.quiet:
+        print(f"niaffine {__version__}: {args.moving} -> {args.fixed} (dof {args.dof}, "
+              f"metric {args.metric})", file=sys.stderr)
+    result = register(
+        fixed, moving, fixed_mask=fmask, moving_mask=mmask, initial_matrix=initial, dof=args.dof,
+        metric=args.metric, init=init, rotation_search=args.rotation_search, frozen=args.freeze,
+        levels_mm=args.levels, max_samples=args.samples, device=args.device, seed=args.seed,
+        callback=_progress(args.quiet, len(args.levels), args.levels),
+    )
+    _write_outputs(args, result, fixed, moving, save_transform, save_image, resample_image)
+    if not args.quiet:
+        print(f"{args.output}: {result.summary()}")
+    return 0
+
+
+def _write_outputs(args, result, fixed, moving, save_transform, save_image, resample_image):
+    """Write every requested output; on any failure remove what this run wrote."""
+    matrix = result.matrix
+    if matrix.shape == (3, 3):
+        matrix = np.array([[*matrix[0, :2], 0, matrix[0, 2]], [*matrix[1, :2], 0, matrix[1, 2]],
+                           [0, 0, 1, 0], [0, 0, 0, 1]])
+    jobs = [(args.output, lambda p: save_transform(matrix, p, reference=fixed, moving=moving))]
+    if args.out_inverse:
+        jobs.append((args.out_inverse,
+                     lambda p: save_transform(np.linalg.inv(matrix), p, reference=moving, moving=fixed)))
+    if args.out_fsl:
+        jobs.append((args.out_fsl,
+                     lambda p: save_transform(matrix, p, reference=fixed, moving=moving, fmt="fsl")))
+    if args.out_lta:
+        jobs.append((args.out_lta,
+                     lambda p: save_transform(matrix, p, reference=fixed, moving=moving, fmt="lta")))
+    if args.out_image:
+        order = {"nearest": 0, "linear": 1, "cubic": 3}[args.interpolation]
+        moved = resample_image(_as_3d(moving), matrix, _as_3d(fixed), order=order)
+        jobs.append((args.out_image, lambda p: save_image(moved, p)))
+    if args.out_json:
+        facts = result.to_dict() | {"fixed": str(args.fixed), "moving": str(args.moving),
+                                    "version": __version__}
+        jobs.append((args.out_json, lambda p: _write_json(facts, p)))
+    written = []
+    try:
+        for path, job in jobs:
+            job(path)
+            written.append(Path(path))
+    except OSError:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _as_3d(img):
+    import nibabel as nb
+
+    if img.ndim >= 3:
+        return img
+    return nb.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine, img.header)
+
+
+def _write_json(facts: dict, path) -> None:
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(facts, indent=2) + "\n")
+
+
+def main(argv=None) -> int:
+    """Parse ``argv``, run, and return the exit code (errors become one-line messages)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * args.verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except DeviceUnavailableError as err:
+        print(f"niaffine-register: error: {err}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except InputError as err:
+        print(f"niaffine-register: error: {err}", file=sys.stderr)
+        return EXIT_DATA
+    except RegistrationError as err:
+        print(f"niaffine-register: error: registration failed: {err}", file=sys.stderr)
+        return EXIT_SOFTWARE
+    except OSError as err:
+        print(f"niaffine-register: error: cannot write output: {err}", file=sys.stderr)
+        return EXIT_CANTCREAT
+
+
+def cli() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    cli()
