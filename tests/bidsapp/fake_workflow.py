@@ -14,7 +14,7 @@ FIELDS = ["t1w_preproc", "t1w_mask", "t1w_brain", "t1w2template_xfm", "template2
           "images_template", "reportlets", "metrics"]
 
 
-def fake_outputs(subject_data, template_space, fail_subject):
+def fake_outputs(subject_data, template_space, fail_subject, fail_input):
     """Write identity outputs in the node's folder (self-contained for nipype's Function)."""
     import json
     import os
@@ -24,6 +24,10 @@ def fake_outputs(subject_data, template_space, fail_subject):
 
     if subject_data["subject"] == fail_subject:
         raise RuntimeError(f"simulated failure of sub-{fail_subject}")
+    if subject_data["subject"] == fail_input:
+        from niaffine.errors import InputError
+
+        raise InputError(f"moving image {subject_data['t1w']} holds non-finite values")
     identity = ("#Insight Transform File V1.0\n#Transform 0\n"
                 "Transform: AffineTransform_double_3_3\n"
                 "Parameters: 1 0 0 0 1 0 0 0 1 0 0 0\nFixedParameters: 0 0 0\n")
@@ -92,15 +96,18 @@ def fake_outputs(subject_data, template_space, fail_subject):
 def init_single_subject_wf(*, subject_data, output_spaces=("T1w", "MNI152NLin2009aSym"),
                            template=None, template_mask=None, dof_template=12, dof_coreg=6,
                            metric="mi", resample_bold=False, device="cpu", seed=0,
-                           omp_nthreads=1, name="single_subject_wf", fail_subject=""):
+                           omp_nthreads=1, name="single_subject_wf", fail_subject="",
+                           fail_input=""):
     """Same signature and outputnode as the real factory."""
     workflow = pe.Workflow(name=name)
     spaces = [s for s in output_spaces if s != "T1w"]
-    fake = pe.Node(niu.Function(input_names=["subject_data", "template_space", "fail_subject"],
+    fake = pe.Node(niu.Function(input_names=["subject_data", "template_space", "fail_subject",
+                                             "fail_input"],
                                 output_names=FIELDS, function=fake_outputs), name="fake")
     fake.inputs.subject_data = subject_data
     fake.inputs.template_space = spaces[0] if spaces else ""
     fake.inputs.fail_subject = fail_subject
+    fake.inputs.fail_input = fail_input
     outputnode = pe.Node(niu.IdentityInterface(fields=FIELDS), name="outputnode")
     workflow.connect([(fake, outputnode, [(f, f) for f in FIELDS])])
     return workflow

@@ -245,3 +245,15 @@ def test_two_jobs_share_output_dir(tmp_path):
     assert json.loads((out / "dataset_description.json").read_text())["DatasetType"] == \
         "derivative"
     assert not list(out.rglob(".tmp-*"))
+
+
+def test_bad_input_found_during_run_exits_65(tmp_path, dirs, capsys, monkeypatch):
+    """An InputError raised inside a node (e.g. NaNs in the data) ends with 65, naming the file."""
+    install_fake_workflows(monkeypatch, fail_input="02")
+    bids = write_skeleton(tmp_path / "bids", subjects=("01", "02"))
+    code, text = run(capsys, bids, dirs[0], "participant", "-w", dirs[1], "--plugin", "Linear",
+                     "--skip-bids-validation", "--output-spaces", "T1w")
+    assert code == errors.EXIT_NO_DATA
+    assert "sub-02_T1w.nii.gz holds non-finite values" in text
+    assert (dirs[0] / "sub-01.html").is_file()
+    assert "non-finite" in (dirs[0] / "sub-02.html").read_text()
