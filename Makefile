@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(PY) -m niaffine.demo $(DEMO_DIR)
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_benchmarks.py --out docs/benchmarks
+	$(PY) -m benchmarks.run_benchmarks --out benchmark-results --update-docs
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache build dist *.egg-info
