@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.regenerate or not (bids / "dataset_description.json").exists():
         print(f"niaffine demo: generating the BIDS dataset in {bids} ...")
         if args.tiny:
-            generate_demo_dataset(bids, subjects=TINY_SUBJECTS, resolution=2.0)
+            generate_demo_dataset(bids, subjects=TINY_SUBJECTS)
         else:
             generate_demo_dataset(bids)
     else:

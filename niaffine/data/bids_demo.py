@@ -167,7 +167,9 @@ def generate_demo_dataset(root, *, subjects: Sequence[DemoSubject] = DEMO_SUBJEC
     seed : int
         Seed of every random draw: a seed reproduces the dataset exactly.
     resolution : float
-        Grid (mm) the anatomy is prepared on before imaging (2.0 is ~8x faster than 1.0).
+        Grid (mm) the anatomy is prepared on before imaging. 2.0 is ~3x faster to make, but
+        the images are then interpolated twice: registrations of the 2 mm tiny subject were
+        ~0.1 mm less accurate against the ground truth (0.44 vs 0.24-0.32 mm mean).
     t2w, bold : bool
         Also write a T2w and a BOLD run per session.
     bold_voxel : float
@@ -263,14 +265,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--tiny", action="store_true", help="one 2 mm subject (fast)")
+    parser.add_argument("--resolution", type=float, default=1.0,
+                        help="grid (mm) the anatomy is prepared on (2.0: faster, blurrier)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.tiny:
         generate_demo_dataset(args.out_dir, subjects=TINY_SUBJECTS, seed=args.seed,
-                              resolution=2.0)
+                              resolution=args.resolution)
     else:
-        generate_demo_dataset(args.out_dir, seed=args.seed)
+        generate_demo_dataset(args.out_dir, seed=args.seed, resolution=args.resolution)
     return 0
 
 

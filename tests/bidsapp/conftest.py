@@ -27,9 +27,9 @@ def install_fake_workflows(monkeypatch, **kwargs):
 
 @pytest.fixture(scope="session")
 def tiny_bids(tmp_path_factory) -> Path:
-    """One 2 mm subject with T1w, T2w and a 5-volume BOLD (about 3 s to make). Read-only."""
+    """One 2 mm subject with T1w, T2w and a 5-volume BOLD (about 8 s to make). Read-only."""
     root = tmp_path_factory.mktemp("tiny") / "bids"
-    generate_demo_dataset(root, subjects=TINY_SUBJECTS, seed=1, resolution=2.0)
+    generate_demo_dataset(root, subjects=TINY_SUBJECTS, seed=1)
     return root
 
 
