@@ -9,6 +9,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from niaffine.errors import InputError
+
 LOGGER = logging.getLogger("niaffine.interfaces")
 
 #: NIfTI extensions stripped from input names when output names are derived.
@@ -21,6 +23,10 @@ class NodeError(RuntimeError):
     Nipype stores the traceback of a failed node in its crash file and in the
     ``NodeExecutionError`` it raises; the last line of either is this message.
     """
+
+
+class NodeInputError(NodeError, InputError):
+    """A :class:`NodeError` caused by bad input (an :class:`niaffine.errors.InputError`)."""
 
 
 def split_nifti_name(path: str | os.PathLike) -> tuple[str, str]:
@@ -121,6 +127,10 @@ def torch_threads(num_threads: int | None) -> Iterator[None]:
 def node_errors(interface: str, **files: object) -> Iterator[None]:
     """Re-raise any failure as a :class:`NodeError` naming the interface and its input files.
 
+    The message names the inputs the failure's own message mentions (or all of them when it
+    mentions none). A failure caused by an :class:`niaffine.errors.InputError` becomes a
+    :class:`NodeInputError`, which is still an ``InputError``.
+
     Parameters
     ----------
     interface : str
@@ -136,17 +146,28 @@ def node_errors(interface: str, **files: object) -> Iterator[None]:
     ... except NodeError as err:
     ...     print(err)
     ApplyAffine failed on input_image=/d/bold.nii.gz: not a NIfTI file
+    >>> try:
+    ...     with node_errors("ApplyAffine", input_image="/d/bold.nii.gz", transforms="/d/x.txt"):
+    ...         raise InputError("/d/x.txt: not a 4x4 affine transform")
+    ... except InputError as err:
+    ...     print(err)
+    ApplyAffine failed on transforms=/d/x.txt: not a 4x4 affine transform
     """
     try:
         yield
     except NodeError:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure gets the same clear message
-        named = ", ".join(
-            f"{role}={value}" for role, value in files.items() if _is_defined(value)
-        )
+        given = {role: value for role, value in files.items() if _is_defined(value)}
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NodeError(f"{interface} failed on {named or 'its inputs'}: {reason}") from exc
+        # name the input the reason is about, or every input when it names none
+        culprits = {role: value for role, value in given.items() if str(value) in reason}
+        named = ", ".join(f"{role}={value}" for role, value in (culprits or given).items())
+        if culprits:
+            for value in culprits.values():
+                reason = reason.replace(f"{value}: ", "", 1)
+        error = NodeInputError if isinstance(exc, InputError) else NodeError
+        raise error(f"{interface} failed on {named or 'its inputs'}: {reason}") from exc
 
 
 def _is_defined(value: object) -> bool:
@@ -156,7 +177,7 @@ def _is_defined(value: object) -> bool:
 
 
 def load_image(path: str | os.PathLike, role: str = "image", ndim=(3,)):
-    """Load and validate an image through :func:`niaffine.io.load_image`.
+    """Load and validate an image with :func:`niaffine.io.load_image`.
 
     Parameters
     ----------
@@ -166,20 +187,6 @@ def load_image(path: str | os.PathLike, role: str = "image", ndim=(3,)):
     ndim : sequence of int
         Accepted numbers of dimensions (trailing singleton dimensions ignored).
     """
-    try:
-        from niaffine.io import load_image as _load
-    except ImportError:  # pragma: no cover - only before niaffine.io exists
-        _load = None
-    if _load is not None:
-        return _load(path, role=role, ndim=tuple(ndim))
+    from niaffine.io import load_image as _load
 
-    import nibabel as nb
-    import numpy as np
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: {role} not found")
-    img = nb.load(str(path))
-    data = np.asanyarray(img.dataobj)
-    if data.ndim not in tuple(ndim) or not np.all(np.isfinite(data)) or not np.any(data):
-        raise ValueError(f"{path}: {role} has the wrong shape, is empty or non-finite")
-    return img
+    return _load(path, role=role, ndim=tuple(ndim))

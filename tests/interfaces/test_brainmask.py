@@ -68,3 +68,6 @@ def test_error_names_the_file(tmp_path):
     message = str(info.value).strip().splitlines()[-1]
     assert "BrainExtraction failed on in_file=" in message
     assert str(bad) in message
+    from niaffine.errors import InputError
+
+    assert isinstance(info.value, InputError)  # bad input keeps its class (exit codes)

@@ -12,8 +12,6 @@ import pytest
 from niaffine.data.synthetic import mean_displacement, random_affine, warp_to_grid
 from niaffine.interfaces.registration import AffineRegistration
 
-pytest.importorskip("niaffine.io", reason="niaffine.io (lead developer) has not landed")
-
 FACT_KEYS = {"source", "target", "metric", "final_metric", "dof", "iterations", "elapsed_s",
              "mask_volume_ml"}
 

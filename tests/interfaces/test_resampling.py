@@ -10,8 +10,6 @@ import pytest
 from niaffine.data.synthetic import random_affine, warp_to_grid
 from niaffine.interfaces.resampling import ApplyAffine
 
-pytest.importorskip("niaffine.io", reason="niaffine.io (lead developer) has not landed")
-
 
 @pytest.fixture(scope="module")
 def transforms(mni_files, tmp_path_factory):

@@ -18,8 +18,6 @@ from niaffine.workflows.resample import init_resample_wf
 
 from .conftest import run_collecting, subject_from_truth
 
-pytest.importorskip("niaffine.io", reason="niaffine.io (lead developer) has not landed")
-
 FACT_KEYS = {"source", "target", "metric", "final_metric", "dof", "iterations", "elapsed_s",
              "mask_volume_ml"}
 
