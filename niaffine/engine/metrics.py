@@ -89,17 +89,20 @@ def bspline_joint_histogram(fixed: torch.Tensor, moving: torch.Tensor, weight: t
     ff = uf - f0
     um = 1.0 + moving.clamp(0, 1) * span
     m0 = um.detach().floor()
-    base = (torch.arange(b * c, device=fixed.device) * bins * bins).reshape(b, c, 1)
-    w = weight[:, None, :]
-    index, values = [], []
-    for df, wf in ((0, 1.0 - ff), (1, ff)):
-        row = (f0.long() + df) * bins + base
-        for dm in (-1, 0, 1, 2):
-            col = (m0 + dm).clamp(0, bins - 1)
-            index.append((row + col.long()).reshape(-1))
-            values.append((wf * cubic_bspline(um - (m0 + dm)) * w).reshape(-1))
+    t = um - m0
+    # Cubic B-spline weights of the bins m0 - 1 ... m0 + 2 (closed form in t = um - m0).
+    t2, t3 = t * t, t * t * t
+    wm = torch.stack([(1 - t) ** 3, 3 * t3 - 6 * t2 + 4, -3 * t3 + 3 * t2 + 3 * t + 1, t3], -1) / 6
+    wf = torch.stack([1.0 - ff, ff], -1) * weight[:, None, :, None]
+    values = wf[..., :, None] * wm[..., None, :]  # (B, C, N, 2, 4)
+    offsets_f = torch.arange(2, device=fixed.device)
+    offsets_m = torch.arange(-1, 3, device=fixed.device)
+    rows = (f0.long()[..., None] + offsets_f) * bins
+    cols = (m0.long()[..., None] + offsets_m).clamp(0, bins - 1)
+    base = (torch.arange(b * c, device=fixed.device) * bins * bins).reshape(b, c, 1, 1, 1)
+    index = rows[..., :, None] + cols[..., None, :] + base
     flat = torch.zeros(b * c * bins * bins, dtype=moving.dtype, device=moving.device)
-    flat = flat.index_add(0, torch.cat(index), torch.cat(values))
+    flat = flat.index_add(0, index.reshape(-1), values.reshape(-1))
     return flat.reshape(b, c, bins, bins)
 
 

@@ -97,8 +97,14 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     """Binary dilation of ``(B, 1, *spatial)`` masks by a cube of side ``2 * radius + 1``."""
     if radius <= 0:
         return mask
-    pool = F.max_pool3d if mask.ndim == 5 else F.max_pool2d
-    return pool(mask, 2 * radius + 1, stride=1, padding=radius)
+    ndim = mask.ndim - 2
+    pool = F.max_pool3d if ndim == 3 else F.max_pool2d
+    for axis in range(ndim):  # separable: a cube is the product of three segments
+        kernel = [1] * ndim
+        padding = [0] * ndim
+        kernel[axis], padding[axis] = 2 * radius + 1, radius
+        mask = pool(mask, tuple(kernel), stride=1, padding=tuple(padding))
+    return mask
 
 
 def sample_points(
