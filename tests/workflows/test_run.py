@@ -198,3 +198,18 @@ def test_node_error_names_the_file(tmp_path, template_2mm):
     assert crashes, list(tmp_path.iterdir())
     text = crashes[0].read_text()
     assert f"AffineRegistration failed on moving_image={bad}" in text
+
+
+@pytest.mark.slow
+def test_single_subject_t1w_space_only(tiny_dataset, tmp_path):
+    """Without a template space: no normalisation, template fields None or empty."""
+    root, truth = tiny_dataset
+    subject = subject_from_truth(root, "sub-01", truth["sub-01"])
+    wf = init_single_subject_wf(subject_data=subject, output_spaces=["T1w"])
+    out = run_collecting(wf, tmp_path)
+    assert out["template"] is None and out["t1w2template_xfm"] is None
+    assert out["images_template"] == []
+    assert len(out["reportlets"]) == 1 + len(subject["images"])
+    assert len(out["metrics"]) == len(subject["images"])
+    for path in out["images_t1w"]:
+        _same_grid(path, subject["t1w"])
