@@ -211,5 +211,6 @@ def test_single_subject_t1w_space_only(tiny_dataset, tmp_path):
     assert out["images_template"] == []
     assert len(out["reportlets"]) == 1 + len(subject["images"])
     assert len(out["metrics"]) == len(subject["images"])
+    assert len(out["images_t1w"]) == len(subject["images"])
     for path in out["images_t1w"]:
         _same_grid(path, subject["t1w"])
