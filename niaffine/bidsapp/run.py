@@ -24,18 +24,39 @@ LOGGER = logging.getLogger("niaffine.bidsapp")
 _SUBJECT = re.compile(r"(?:^|\.)sub_([A-Za-z0-9]+?)(?:_ses_([A-Za-z0-9]+))?_(?:wf|ds|report)\b")
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%H:%M:%S"))
-    app = logging.getLogger("niaffine")
-    app.handlers[:] = [handler]
-    app.setLevel(logging.INFO if verbose <= 1 else logging.DEBUG)
-    app.propagate = False
+class _StderrHandler(logging.StreamHandler):
+    """Write to whatever ``sys.stderr`` is at the time (it may be swapped, e.g. by pytest)."""
+
+    def emit(self, record):
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _setup_logging(verbose: int):
+    """Log niaffine (INFO: progress) and Nipype (by ``-v``) to stderr; return an undo."""
     from nipype import logging as nlogging
 
-    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
-        nlogging.getLogger(name).setLevel(level)
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%H:%M:%S"))
+    app = logging.getLogger("niaffine")
+    nipype = [nlogging.getLogger(n) for n in ("nipype.workflow", "nipype.interface",
+                                              "nipype.utils")]
+    saved = (app.level, app.propagate, [lg.level for lg in nipype])
+    app.addHandler(handler)
+    app.setLevel(logging.INFO if verbose <= 1 else logging.DEBUG)
+    app.propagate = False
+    for logger in nipype:
+        logger.setLevel(level)
+
+    def undo():
+        app.removeHandler(handler)
+        app.setLevel(saved[0])
+        app.propagate = saved[1]
+        for logger, old in zip(nipype, saved[2]):
+            logger.setLevel(old)
+
+    return undo
 
 
 class Progress:
@@ -234,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, syntax errors
         return int(exc.code or 0)
-    _setup_logging(args.verbose)
+    restore_logging = _setup_logging(args.verbose)
     try:
         settings = from_args(args)
         if settings.analysis_level == "group":
@@ -247,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("niaffine: interrupted", file=sys.stderr)
         return errors.EXIT_INTERRUPTED
+    finally:
+        restore_logging()
 
 
 def cli() -> None:
