@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The optimisation loop: one small object per pyramid level, with convergence tests.
 
-The default optimiser is L-BFGS with a strong-Wolfe line search over the scaled parameters
+The default optimiser is L-BFGS with a backtracking line search over the scaled parameters
 (see :mod:`niaffine.engine.params`): every parameter is in millimetres of displacement, so the
 convergence test is physical: a level stops when an iteration moves no parameter by more than
 ``tolerance_mm`` or the metric stops changing. Any other :class:`torch.optim.Optimizer` class can
@@ -116,29 +116,72 @@ class Optimiser:
                 p.copy_(value)
 
     def _run_lbfgs(self, loss_fn) -> OptimisationReport:
-        opt = torch.optim.LBFGS(
-            self.params, lr=1.0, max_iter=self.max_iterations, history_size=10,
-            tolerance_grad=1e-9, tolerance_change=self.tolerance_mm * 1e-3,
-            line_search_fn="strong_wolfe",
-        )
+        """Limited-memory BFGS (two-loop recursion) with a backtracking Armijo line search.
+
+        Written here rather than through :class:`torch.optim.LBFGS`: the first construction of
+        any ``torch.optim`` optimizer imports ``torch._dynamo`` (about a second), which would
+        dominate a registration that takes a few seconds.
+        """
         counter, best = [0], {"value": math.inf, "params": None, "loss": None}
         closure = self._guarded(loss_fn, counter, best)
-        stopped = False
+        history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        iterations, converged = 0, False
         try:
-            opt.step(closure)
+            value = float(closure().detach())
+            grad = self._flat_grad()
+            for iterations in range(1, self.max_iterations + 1):
+                direction = _two_loop(grad, history)
+                slope = float(direction @ grad)
+                if slope >= 0:  # not a descent direction: restart from steepest descent
+                    history.clear()
+                    direction, slope = -grad, -float(grad @ grad)
+                step = 1.0 if history else min(1.0, 1.0 / max(float(grad.abs().sum()), 1e-12))
+                start = self._flat_params()
+                for _ in range(20):
+                    self._set_params(start + step * direction)
+                    new_value = float(closure().detach())
+                    if new_value <= value + 1e-4 * step * slope:
+                        break
+                    step *= 0.5
+                else:
+                    self._set_params(start)
+                    converged = True
+                    break
+                new_grad = self._flat_grad()
+                s_k, y_k = step * direction, new_grad - grad
+                curvature = float(s_k @ y_k)
+                if curvature > 1e-10:
+                    history.append((s_k, y_k, 1.0 / curvature))
+                    del history[:-10]
+                moved = float(s_k.abs().max())
+                change = abs(value - new_value)
+                value, grad = new_value, new_grad
+                if self.callback is not None:
+                    self.callback(iterations, value)
+                if moved < self.tolerance_mm or change < self.tolerance * max(abs(value), 1.0):
+                    converged = True
+                    break
         except _NonFinite:
-            stopped = True
             LOGGER.warning("the metric became NaN/Inf; keeping the best parameters seen")
         if best["params"] is None:
             raise RegistrationError("the metric is NaN or infinite at the initial transform")
-        # The line search may end on a worse point than the best one evaluated.
         self._restore(best)
-        state = opt.state[opt._params[0]]
-        iterations = int(state.get("n_iter", 0))
-        if self.callback is not None:
-            self.callback(iterations, best["value"])
-        converged = not stopped and iterations < self.max_iterations
         return OptimisationReport(iterations, counter[0], converged, best["loss"])
+
+    def _flat_params(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.params])
+
+    def _flat_grad(self) -> torch.Tensor:
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                          for p in self.params]).clone()
+
+    def _set_params(self, flat: torch.Tensor) -> None:
+        offset = 0
+        with torch.no_grad():
+            for p in self.params:
+                n = p.numel()
+                p.copy_(flat[offset:offset + n].reshape(p.shape))
+                offset += n
 
     def _run_first_order(self, loss_fn) -> OptimisationReport:
         opt = self.optimizer(self.params, **self.optimizer_kwargs)
@@ -163,6 +206,23 @@ class Optimiser:
             raise RegistrationError("the metric is NaN or infinite at the initial transform")
         self._restore(best)
         return OptimisationReport(iteration, counter[0], converged, best["loss"])
+
+
+def _two_loop(grad: torch.Tensor, history) -> torch.Tensor:
+    """L-BFGS search direction ``-H grad`` from the (s, y, 1 / y.s) history."""
+    q = grad.clone()
+    alphas = []
+    for s_k, y_k, rho in reversed(history):
+        alpha = rho * float(s_k @ q)
+        q -= alpha * y_k
+        alphas.append(alpha)
+    if history:
+        s_k, y_k, _ = history[-1]
+        q *= float(s_k @ y_k) / float(y_k @ y_k)
+    for (s_k, y_k, rho), alpha in zip(history, reversed(alphas)):
+        beta = rho * float(y_k @ q)
+        q += (alpha - beta) * s_k
+    return -q
 
 
 class _NonFinite(Exception):

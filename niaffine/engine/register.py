@@ -96,6 +96,7 @@ def register_batch(
     max_samples: int | None = 100_000,
     max_iterations: int | Sequence[int] = 100,
     tolerance: float = 1e-6,
+    tolerance_mm: float = 1e-3,
     frozen: Sequence[str] = (),
     optimizer="lbfgs",
     optimizer_kwargs: dict | None = None,
@@ -134,7 +135,9 @@ def register_batch(
     max_iterations : int or sequence of int
         Iteration cap per level.
     tolerance : float
-        Convergence tolerance (metric change; see :class:`.optim.Optimiser`).
+        A level converges when the metric changes by less than this (relative) in an iteration.
+    tolerance_mm : float
+        ... or when an iteration moves no parameter by more than this (mm).
     frozen : sequence of str
         Parameter groups to hold at their initial value (``translation``, ``rotation``,
         ``zoom``, ``shear``).
@@ -236,7 +239,7 @@ def register_batch(
                 _rotation_search(params, objective, search_max_deg, search_step_deg, tolerance)
         opt = Optimiser(
             params.optimised(), optimizer=optimizer, optimizer_kwargs=optimizer_kwargs,
-            max_iterations=iters[li], tolerance_mm=tolerance * 1e3, tolerance=tolerance,
+            max_iterations=iters[li], tolerance_mm=tolerance_mm, tolerance=tolerance,
             callback=None if callback is None else (lambda it, loss, li=li: callback(li, it, loss)),
         )
         rep = opt.run(objective)
@@ -396,7 +399,7 @@ def _rotation_search(params: AffineParameters, objective, max_deg, step_deg, tol
         was = [p.requires_grad for p in groups]
         for p in groups:
             p.requires_grad_(True)
-        rep = Optimiser(groups, max_iterations=15, tolerance_mm=tolerance * 1e3).run(objective)
+        rep = Optimiser(groups, max_iterations=15, tolerance=tolerance).run(objective)
         for p, flag in zip(groups, was):
             p.requires_grad_(flag)
         better = rep.loss < best_loss
