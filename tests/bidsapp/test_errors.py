@@ -257,3 +257,20 @@ def test_bad_input_found_during_run_exits_65(tmp_path, dirs, capsys, monkeypatch
     assert "sub-02_T1w.nii.gz holds non-finite values" in text
     assert (dirs[0] / "sub-01.html").is_file()
     assert "non-finite" in (dirs[0] / "sub-02.html").read_text()
+
+
+def test_user_template_space_names(tmp_path, dirs, capsys, monkeypatch):
+    """A template given by path names the space after its ``tpl-<label>``."""
+    import nibabel as nb
+    import numpy as np
+
+    install_fake_workflows(monkeypatch)
+    bids = write_skeleton(tmp_path / "bids")
+    tpl = tmp_path / "tpl-Custom_res-2_T1w.nii.gz"
+    nb.save(nb.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), tpl)
+    code, _ = run(capsys, bids, dirs[0], "participant", "-w", dirs[1], "--plugin", "Linear",
+                  "--skip-bids-validation", "--output-spaces", "T1w", tpl)
+    assert code == 0
+    anat = dirs[0] / "sub-01" / "anat"
+    assert (anat / "sub-01_from-T1w_to-Custom_mode-image_xfm.txt").is_file()
+    assert (anat / "sub-01_space-Custom_T2w.nii.gz").is_file()
