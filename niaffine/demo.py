@@ -13,13 +13,10 @@ participant and group levels on it, and prints where the reports are::
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
 from pathlib import Path
-
-LOGGER = logging.getLogger("niaffine.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     from niaffine.data.bids_demo import TINY_SUBJECTS, generate_demo_dataset
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = args.out_dir.resolve()
     bids, derivatives, work = out / "bids", out / "derivatives", out / "work"
     start = time.monotonic()
@@ -60,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"niaffine demo: participant level ({args.nprocs} processes, device {args.device})")
     code = app([str(bids), str(derivatives), "participant", "-w", str(work),
                 "--nprocs", str(args.nprocs), "--omp-nthreads", str(threads),
-                "--device", args.device, "-v"])
+                "--device", args.device])
     print("niaffine demo: group level")
     group = app([str(bids), str(derivatives), "group"])
     code = code or group

@@ -39,12 +39,13 @@ def _setup_logging(verbose: int):
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%H:%M:%S"))
-    app = logging.getLogger("niaffine")
+    app, own = logging.getLogger("niaffine"), logging.getLogger("niaffine.bidsapp")
     nipype = [nlogging.getLogger(n) for n in ("nipype.workflow", "nipype.interface",
                                               "nipype.utils")]
-    saved = (app.level, app.propagate, [lg.level for lg in nipype])
+    saved = (app.level, app.propagate, own.level, [lg.level for lg in nipype])
     app.addHandler(handler)
-    app.setLevel(logging.INFO if verbose <= 1 else logging.DEBUG)
+    app.setLevel(level)  # engine, interfaces: warnings unless -v
+    own.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)  # progress: always
     app.propagate = False
     for logger in nipype:
         logger.setLevel(level)
@@ -53,7 +54,8 @@ def _setup_logging(verbose: int):
         app.removeHandler(handler)
         app.setLevel(saved[0])
         app.propagate = saved[1]
-        for logger, old in zip(nipype, saved[2]):
+        own.setLevel(saved[2])
+        for logger, old in zip(nipype, saved[3]):
             logger.setLevel(old)
 
     return undo
