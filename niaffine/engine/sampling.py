@@ -107,6 +107,13 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return mask
 
 
+def erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary erosion of ``(B, 1, *spatial)`` masks by a cube of side ``2 * radius + 1``."""
+    if radius <= 0:
+        return mask
+    return 1.0 - dilate(1.0 - mask, radius)
+
+
 def sample_points(
     fixed: torch.Tensor,
     affine: np.ndarray,
