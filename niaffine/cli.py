@@ -152,10 +152,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_outputs(args, result, fixed, moving, save_transform, save_image, resample_image):
     """Write every requested output; on any failure remove what this run wrote."""
-    matrix = result.matrix
-    if matrix.shape == (3, 3):
-        matrix = np.array([[*matrix[0, :2], 0, matrix[0, 2]], [*matrix[1, :2], 0, matrix[1, 2]],
-                           [0, 0, 1, 0], [0, 0, 0, 1]])
+    from .io import as_3d_matrix
+
+    matrix = as_3d_matrix(result.matrix)
     jobs = [(args.output, lambda p: save_transform(matrix, p, reference=fixed, moving=moving))]
     if args.out_inverse:
         jobs.append((args.out_inverse,

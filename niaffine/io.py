@@ -122,6 +122,23 @@ def save_image(img, path) -> Path:
     return Path(path)
 
 
+def as_3d_matrix(matrix) -> np.ndarray:
+    """A (4, 4) world matrix; a 2D (3, 3) result acts in the (x, y) plane and keeps z.
+
+    >>> as_3d_matrix(np.array([[1.0, 0, 5], [0, 1, 6], [0, 0, 1]]))[:3, 3]
+    array([5., 6., 0.])
+    """
+    matrix = np.asarray(matrix, dtype=float)
+    if matrix.shape == (4, 4):
+        return matrix
+    if matrix.shape != (3, 3):
+        raise InputError(f"expected a 3x3 (2D) or 4x4 (3D) matrix, got {matrix.shape}")
+    out = np.eye(4)
+    out[:2, :2] = matrix[:2, :2]
+    out[:2, 3] = matrix[:2, 2]
+    return out
+
+
 def save_transform(matrix, path, *, reference=None, moving=None, fmt: str | None = None) -> Path:
     """Write a fixed-to-moving world matrix as ITK text, FSL ``.mat`` or FreeSurfer LTA.
 
@@ -138,10 +155,7 @@ def save_transform(matrix, path, *, reference=None, moving=None, fmt: str | None
     import nitransforms.linear as ntl
 
     fmt = transform_format(path, fmt)
-    matrix = np.asarray(matrix, dtype=float)
-    if matrix.shape == (3, 3):  # a 2D result: embed in 3D
-        matrix = np.array([[*matrix[0, :2], 0, matrix[0, 2]], [*matrix[1, :2], 0, matrix[1, 2]],
-                           [0, 0, 1, 0], [0, 0, 0, 1]])
+    matrix = as_3d_matrix(matrix)
     if fmt == "fsl" and (reference is None or moving is None):
         raise InputError(f"{path}: FSL .mat files need both the reference and the moving image")
     xfm = ntl.Affine(matrix, reference=reference)
