@@ -24,9 +24,12 @@ from niaffine.bidsapp import derivatives as drv
 
 LOGGER = logging.getLogger("niaffine.bidsapp")
 QC_COLUMNS = ("subject", "session", "source", "target", "metric", "final_metric", "dof",
-              "iterations", "elapsed_s", "mask_volume_ml", "flags", "transform")
+              "iterations", "elapsed_s", "mask_volume_ml", "zoom_min", "zoom_max", "flags",
+              "transform")
 #: Plausible adult brain-mask volumes (ml); outside is flagged.
 MASK_VOLUME_RANGE = (800.0, 2200.0)
+#: Plausible scale factors (singular values of the linear part) of a brain registration.
+ZOOM_RANGE = (0.67, 1.5)
 ROBUST_Z = 3.5
 _CSS = """
 body{font-family:system-ui,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
@@ -91,8 +94,26 @@ def collect_registrations(output_dir) -> list[dict]:
             "mask_volume_ml": _mask_volume(sidecar.parent, name)
             or _number(meta.get("MaskVolumeML")),
             "transform": sidecar.with_suffix(".txt").relative_to(output_dir).as_posix(),
+            **_zooms(sidecar.with_suffix(".txt")),
         })
     return rows
+
+
+def _zooms(path: Path) -> dict:
+    """Smallest/largest scale factor of a transform file and whether it flips space."""
+    import numpy as np
+
+    try:
+        from niaffine.io import load_transform
+
+        matrix = np.asarray(load_transform(path), dtype=float)
+    except Exception as exc:  # an unreadable transform is itself a QC finding
+        LOGGER.warning("cannot read transform %s: %s", path, exc)
+        return {"zoom_min": None, "zoom_max": None, "reflection": False, "unreadable": True}
+    linear = matrix[:3, :3]
+    values = np.linalg.svd(linear, compute_uv=False)
+    return {"zoom_min": float(values.min()), "zoom_max": float(values.max()),
+            "reflection": bool(np.linalg.det(linear) < 0), "unreadable": False}
 
 
 _VOLUMES: dict = {}
@@ -136,7 +157,9 @@ def robust_z(values: list[float]) -> list[float]:
 
 
 def flag_rows(rows: list[dict]) -> list[dict]:
-    """Add a ``flags`` column: ``no_metric``, ``metric_outlier``, ``mask_volume``.
+    """Add a ``flags`` column: ``no_metric``, ``metric_outlier``, ``mask_volume``,
+    ``implausible_scale`` (a scale factor outside :data:`ZOOM_RANGE`: a degenerate
+    solution, whatever the metric says), ``reflection``, ``unreadable_transform``.
 
     Outliers are robust z-scores beyond :data:`ROBUST_Z` within each
     (source type, target) group of at least 4 registrations.
@@ -148,6 +171,13 @@ def flag_rows(rows: list[dict]) -> list[dict]:
         volume = row["mask_volume_ml"]
         if volume is not None and not MASK_VOLUME_RANGE[0] <= volume <= MASK_VOLUME_RANGE[1]:
             row["flags"].append("mask_volume")
+        low, high = row.get("zoom_min"), row.get("zoom_max")
+        if low is not None and (low < ZOOM_RANGE[0] or high > ZOOM_RANGE[1]):
+            row["flags"].append("implausible_scale")
+        if row.get("reflection"):
+            row["flags"].append("reflection")
+        if row.get("unreadable"):
+            row["flags"].append("unreadable_transform")
     groups: dict = {}
     for row in rows:
         if row["final_metric"] is not None:
@@ -300,7 +330,7 @@ def write_subject_report(output_dir, subject: str, problems: list[str] | None = 
     if rows:
         parts.append(_table(rows, ("session", "source", "target", "metric", "final_metric",
                                    "dof", "iterations", "elapsed_s", "mask_volume_ml",
-                                   "flags")))
+                                   "zoom_min", "zoom_max", "flags")))
     else:
         parts.append("<p>No registrations were written for this subject.</p>")
     figures = sorted((output_dir / f"sub-{subject}" / "figures").glob("*.svg"), key=_figure_key)
@@ -348,7 +378,8 @@ def write_group_outputs(output_dir, expected_subjects=()) -> tuple[Path, Path, l
     for subject in sorted(set(expected_subjects) - present):
         rows.append({"subject": subject, "session": "n/a", "source": "n/a", "target": "n/a",
                      "metric": "n/a", "final_metric": None, "dof": "n/a", "iterations": "n/a",
-                     "elapsed_s": None, "mask_volume_ml": None, "flags": "missing",
+                     "elapsed_s": None, "mask_volume_ml": None, "zoom_min": None,
+                     "zoom_max": None, "flags": "missing",
                      "transform": "n/a"})
     group = output_dir / "group"
     tsv = drv.write_text(group / "registration_qc.tsv", _tsv(rows))
@@ -357,9 +388,14 @@ def write_group_outputs(output_dir, expected_subjects=()) -> tuple[Path, Path, l
         "mask_volume_ml": {"Description": "volume of the subject's T1w brain mask "
                            "(desc-brain_mask derivative)", "Units": "ml"},
         "elapsed_s": {"Description": "registration time", "Units": "s"},
+        "zoom_min": {"Description": "smallest scale factor (singular value) of the "
+                     "transform's linear part"},
+        "zoom_max": {"Description": "largest scale factor of the transform's linear part"},
         "flags": {"Description": "no_metric, metric_outlier (robust z > 3.5 within its "
-                  "registration type), mask_volume (outside 800-2200 ml), missing (a subject "
-                  "of the dataset without any output: failed, skipped or not run)"},
+                  "registration type), mask_volume (outside 800-2200 ml), implausible_scale "
+                  "(a scale factor outside 0.67-1.5), reflection (negative determinant), "
+                  "unreadable_transform, missing (a subject of the dataset without any "
+                  "output: failed, skipped or not run)"},
     })
     flagged = [r for r in rows if r["flags"] != "n/a"]
     missing = [r for r in rows if r["flags"] == "missing"]

@@ -123,8 +123,12 @@ def test_flags_spot_the_failed_subject():
     rows.append(_row("bad", -0.05))
     rows.append(_row("tiny", -0.5, volume=300.0))
     rows.append(_row("nometric", None))
+    rows.append(dict(_row("collapsed", -0.5), zoom_min=0.9, zoom_max=4.2))
+    rows.append(dict(_row("flipped", -0.5), zoom_min=0.9, zoom_max=1.1, reflection=True))
     flags = {r["subject"]: r["flags"] for r in flag_rows(rows)}
     assert flags["bad"] == "metric_outlier"
     assert flags["tiny"] == "mask_volume"
     assert flags["nometric"] == "no_metric"
-    assert sum(f != "n/a" for f in flags.values()) == 3
+    assert flags["collapsed"] == "implausible_scale"
+    assert flags["flipped"] == "reflection"
+    assert sum(f != "n/a" for f in flags.values()) == 5
