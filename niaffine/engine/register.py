@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import DeviceUnavailableError, InputError
+from ..errors import DeviceUnavailableError, InputError, RegistrationError
 from . import metrics as M
 from .initialise import INITS, centre_of_mass, geometric_centre, rotation_candidates
 from .optim import Optimiser
@@ -79,35 +79,7 @@ def register(fixed, moving, *, fixed_mask=None, moving_mask=None, initial_matrix
                           initial_matrices=inits, **options)[0]
 
 
-def register_batch(
-    fixed: Sequence,
-    moving: Sequence,
-    *,
-    fixed_masks: Sequence | None = None,
-    moving_masks: Sequence | None = None,
-    initial_matrices: Sequence | None = None,
-    dof: int = 12,
-    metric: str | Callable = "auto",
-    init: str = "com",
-    rotation_search: bool = False,
-    search_max_deg: float = 45.0,
-    search_step_deg: float = 22.5,
-    levels_mm: Sequence[float] = DEFAULT_LEVELS_MM,
-    smoothing_mm: float = 0.0,
-    edge_mm: float = 3.0,
-    max_samples: int | None = 100_000,
-    max_iterations: int | Sequence[int] = 100,
-    tolerance: float = 1e-6,
-    tolerance_mm: float = 1e-3,
-    frozen: Sequence[str] = (),
-    optimizer="lbfgs",
-    optimizer_kwargs: dict | None = None,
-    bins: int = 32,
-    lncc_window: int = 5,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    callback: Callable | None = None,
-) -> list[RegistrationResult]:
+def register_batch(fixed: Sequence, moving: Sequence, **options) -> list[RegistrationResult]:
     """Register ``B`` independent pairs of images in one batched optimisation.
 
     Parameters
@@ -166,6 +138,47 @@ def register_batch(
     -------
     list of RegistrationResult
     """
+    try:
+        return _register_batch(fixed, moving, **options)
+    except torch.cuda.OutOfMemoryError as err:
+        names = ", ".join(str(getattr(m, 'get_filename', lambda: None)() or 'moving image')
+                          for m in moving)
+        raise RegistrationError(
+            f"{names}: CUDA ran out of memory on {options.get('device', 'auto')} "
+            f"({str(err).splitlines()[0][:120]}); run fewer registrations per GPU at once "
+            "(--n-gpu-procs), smaller batches, or --device cpu") from None
+
+
+def _register_batch(
+    fixed: Sequence,
+    moving: Sequence,
+    *,
+    fixed_masks: Sequence | None = None,
+    moving_masks: Sequence | None = None,
+    initial_matrices: Sequence | None = None,
+    dof: int = 12,
+    metric: str | Callable = "auto",
+    init: str = "com",
+    rotation_search: bool = False,
+    search_max_deg: float = 45.0,
+    search_step_deg: float = 22.5,
+    levels_mm: Sequence[float] = DEFAULT_LEVELS_MM,
+    smoothing_mm: float = 0.0,
+    edge_mm: float = 3.0,
+    max_samples: int | None = 100_000,
+    max_iterations: int | Sequence[int] = 100,
+    tolerance: float = 1e-6,
+    tolerance_mm: float = 1e-3,
+    frozen: Sequence[str] = (),
+    optimizer="lbfgs",
+    optimizer_kwargs: dict | None = None,
+    bins: int = 32,
+    lncc_window: int = 5,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    callback: Callable | None = None,
+) -> list[RegistrationResult]:
+    """Implementation of :func:`register_batch` (same arguments)."""
     start = time.perf_counter()
     dev = resolve_device(device)
     if init not in INITS:
