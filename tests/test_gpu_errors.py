@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """A CUDA out-of-memory error becomes one clear RegistrationError naming the image."""
 
+import importlib
+
 import nibabel as nb
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from niaffine.errors import RegistrationError
 
 
 def test_cuda_out_of_memory_is_a_clear_registration_error(monkeypatch, tmp_path):
-    import niaffine.engine.register as reg
+    reg = importlib.import_module("niaffine.engine.register")  # the function shadows it
 
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
