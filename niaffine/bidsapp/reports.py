@@ -31,11 +31,15 @@ MASK_VOLUME_RANGE = (800.0, 2200.0)
 #: Plausible scale factors (singular values of the linear part) of a brain registration.
 ZOOM_RANGE = (0.67, 1.5)
 ROBUST_Z = 3.5
+#: Column order of the HTML tables: what to look at first on the left.
+HTML_COLUMNS = ("subject", "session", "source", "target", "flags", "final_metric", "zoom_min",
+                "zoom_max", "mask_volume_ml", "dof", "iterations", "elapsed_s", "metric")
 _CSS = """
-body{font-family:system-ui,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
+body{font-family:system-ui,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
 color:#222;line-height:1.4}h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;margin-top:1.6em}
-table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:3px 8px;
-text-align:left}th{background:#f3f3f3}.flag{color:#b00;font-weight:bold}.ok{color:#070}
+.wrap{overflow-x:auto}table{border-collapse:collapse;font-size:.82em}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}th{background:#f3f3f3}
+.flag{color:#b00;font-weight:bold}.ok{color:#070}
 figure{margin:1em 0}figure object,figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555}.meta{color:#666;font-size:.85em}
 """
@@ -279,7 +283,8 @@ def _table(rows: list[dict], columns, link_subject: str = "") -> str:
                 text = html.escape(text)
             cells.append(f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>\n" + "\n".join(body) + "</table>"
+    return (f"<div class=\"wrap\"><table><tr>{head}</tr>\n" + "\n".join(body)
+            + "</table></div>")
 
 
 def _figure_key(path: Path):
@@ -328,9 +333,7 @@ def write_subject_report(output_dir, subject: str, problems: list[str] | None = 
         parts.append(f"<h2>Errors</h2><ul class=\"flag\">{items}</ul>")
     parts.append("<h2>Summary</h2>")
     if rows:
-        parts.append(_table(rows, ("session", "source", "target", "metric", "final_metric",
-                                   "dof", "iterations", "elapsed_s", "mask_volume_ml",
-                                   "zoom_min", "zoom_max", "flags")))
+        parts.append(_table(rows, HTML_COLUMNS[1:]))
     else:
         parts.append("<p>No registrations were written for this subject.</p>")
     figures = sorted((output_dir / f"sub-{subject}" / "figures").glob("*.svg"), key=_figure_key)
@@ -408,9 +411,9 @@ def write_group_outputs(output_dir, expected_subjects=()) -> tuple[Path, Path, l
             + ". QC table: <a href=\"registration_qc.tsv\">registration_qc.tsv</a>.</p>",
             "<h2>Across the dataset</h2>", _plots(registrations)]
     if flagged:
-        body += ["<h2>Flagged</h2>", _table(flagged, QC_COLUMNS[:-1], link_subject="../")]
+        body += ["<h2>Flagged</h2>", _table(flagged, HTML_COLUMNS, link_subject="../")]
     body += ["<h2>All registrations</h2>",
-             _table(registrations, QC_COLUMNS[:-1], link_subject="../")]
+             _table(registrations, HTML_COLUMNS, link_subject="../")]
     index = drv.write_text(group / "index.html",
                            _page("niaffine group report", "\n".join(body)))
     LOGGER.info("group outputs written: %s, %s", tsv, index)

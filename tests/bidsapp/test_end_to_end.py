@@ -84,7 +84,7 @@ def check_subject(out, bids, key, entry):
     xfm = _load_xfm(anat / f"{key}_from-T1w_to-{TEMPLATE}_mode-image_xfm.txt")
     errors["T1w->MNI"] = _mean_error(entry["t1w_to_template"], xfm, load_mni_brain_mask())
     inv = _load_xfm(anat / f"{key}_from-{TEMPLATE}_to-T1w_mode-image_xfm.txt")
-    assert np.allclose(inv @ xfm, np.eye(4), atol=1e-4)
+    assert np.allclose(inv @ xfm, np.eye(4), atol=1e-2)  # ITK files may hold float32
     t1w_brain = nb.load(bids / entry["brain_mask"])
     for rel, image in entry["images"].items():
         suffix = image["suffix"]
