@@ -102,9 +102,7 @@ def test_slurm_plugin_two_node_workflow(slurm_cluster, tmp_path, monkeypatch):
         pytest.skip("the SLURM node has no gpu gres (scripts/slurm-local.sh sets a fake one)")
     monkeypatch.delenv("LOGNAME", raising=False)  # nipype 1.11 raised KeyError without it
     monkeypatch.delenv("USER", raising=False)
-    plugin, args = resolve_plugin(
-        "SLURM", "sbatch_args=--cpus-per-task=1 --time=10", None, 1, 1, None
-    )
+    plugin, args = resolve_plugin("SLURM", "sbatch_args=--cpus-per-task=1 --time=10", None, 1, 1, None)
     assert os.environ["LOGNAME"]
 
     wf = _toy_workflow(tmp_path / "work")
@@ -201,9 +199,7 @@ def demo_reference(slurm_cluster, tmp_path_factory):
         capture_output=True,
     )
     out = root / "out_multiproc"
-    _niaffine(
-        bids, out, "participant", "-w", root / "work_mp", "--nprocs", "2", *COMMON_ARGS, cwd=root
-    )
+    _niaffine(bids, out, "participant", "-w", root / "work_mp", "--nprocs", "2", *COMMON_ARGS, cwd=root)
     _niaffine(bids, out, "group", cwd=root)
     return bids, out
 
@@ -235,14 +231,32 @@ def _same_content(a: Path, b: Path) -> bool:
         )
     if name.endswith("_xfm.txt"):
         import numpy as np
+
         from niaffine.io import load_transform
 
         return np.allclose(load_transform(a), load_transform(b), atol=1e-4)
     if name.endswith(".json"):
-        return _strip_volatile(json.loads(a.read_text())) == _strip_volatile(
-            json.loads(b.read_text())
-        )
+        return _strip_volatile(json.loads(a.read_text())) == _strip_volatile(json.loads(b.read_text()))
+    if name.endswith(".tsv"):
+        return _tsv_rows(a) == _tsv_rows(b)
     return False
+
+
+def _tsv_rows(path: Path) -> list[tuple]:
+    """Rows of a TSV without run-specific columns (``elapsed_s``...), numbers rounded."""
+    import csv
+
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    keep = [k for k in (rows[0] if rows else {}) if not any(w in k.lower() for w in _VOLATILE)]
+
+    def value(text):
+        try:
+            return round(float(text), 4)
+        except ValueError:
+            return text
+
+    return sorted(tuple(value(row[k]) for k in keep) for row in rows)
 
 
 _VOLATILE = ("elapsed", "seconds", "time", "date", "uuid", "host", "generatedby", "duration")
@@ -252,9 +266,7 @@ def _strip_volatile(data):
     """Drop run-specific entries (timings, dates, ids) from nested JSON data."""
     if isinstance(data, dict):
         return {
-            k: _strip_volatile(v)
-            for k, v in data.items()
-            if not any(word in k.lower() for word in _VOLATILE)
+            k: _strip_volatile(v) for k, v in data.items() if not any(word in k.lower() for word in _VOLATILE)
         }
     if isinstance(data, list):
         return [_strip_volatile(v) for v in data]
