@@ -274,3 +274,15 @@ def test_user_template_space_names(tmp_path, dirs, capsys, monkeypatch):
     anat = dirs[0] / "sub-01" / "anat"
     assert (anat / "sub-01_from-T1w_to-Custom_mode-image_xfm.txt").is_file()
     assert (anat / "sub-01_space-Custom_T2w.nii.gz").is_file()
+
+
+def test_stop_on_first_crash(tmp_path, dirs, capsys, monkeypatch):
+    install_fake_workflows(monkeypatch, fail_subject="01")
+    bids = write_skeleton(tmp_path / "bids", subjects=("01", "02"))
+    code, text = run(capsys, bids, dirs[0], "participant", "-w", dirs[1], "--plugin", "Linear",
+                     "--skip-bids-validation", "--output-spaces", "T1w",
+                     "--stop-on-first-crash")
+    assert code == 1
+    assert "FAILED sub-01" in text and "simulated failure of sub-01" in \
+        (dirs[0] / "sub-01.html").read_text()
+    assert not (dirs[0] / "sub-02").exists()  # nothing ran after the first crash
