@@ -286,3 +286,16 @@ def test_stop_on_first_crash(tmp_path, dirs, capsys, monkeypatch):
     assert "FAILED sub-01" in text and "simulated failure of sub-01" in \
         (dirs[0] / "sub-01.html").read_text()
     assert not (dirs[0] / "sub-02").exists()  # nothing ran after the first crash
+
+
+def test_use_plugin_file(tmp_path, dirs, capsys, monkeypatch):
+    install_fake_workflows(monkeypatch)
+    bids = write_skeleton(tmp_path / "bids")
+    plugin = tmp_path / "plugin.yml"
+    plugin.write_text("plugin: Linear\nplugin_args: {}\n")
+    code, _ = run(capsys, bids, dirs[0], "participant", "-w", dirs[1], "--use-plugin", plugin,
+                  "--skip-bids-validation", "--output-spaces", "T1w", "-v")
+    assert code == 0 and (dirs[0] / "sub-01.html").is_file()
+    code, text = run(capsys, bids, dirs[0], "participant", "-w", dirs[1], "--use-plugin",
+                     tmp_path / "missing.yml")
+    assert code == 64 and "missing.yml" in text
