@@ -104,15 +104,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(quiet: bool, n_levels: int, spacings):
-    start = time.perf_counter()
+class _Progress:
+    """Progress display: one updating line per level on a terminal, one line per level else."""
 
-    def report(level, iterations, loss):
-        if not quiet:
-            print(f"  level {level + 1}/{n_levels} ({spacings[level]:g} mm): {iterations} iterations, "
-                  f"loss {loss:.5f}, {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    def __init__(self, quiet: bool, spacings):
+        self.quiet, self.spacings = quiet, spacings
+        self.tty = sys.stderr.isatty()
+        self.start = time.perf_counter()
+        self.last = None
 
-    return report
+    def _line(self, level, iterations, loss) -> str:
+        return (f"  level {level + 1}/{len(self.spacings)} ({self.spacings[level]:g} mm): "
+                f"{iterations} iterations, loss {loss:.5f}, {time.perf_counter() - self.start:.1f} s")
+
+    def __call__(self, level, iterations, loss):
+        if self.quiet:
+            return
+        if self.last is not None and self.last[0] != level:
+            self.finish_level()
+        self.last = (level, iterations, loss)
+        if self.tty:
+            print("\r" + self._line(level, iterations, loss), end="", file=sys.stderr, flush=True)
+
+    def finish_level(self):
+        """End the current level's line."""
+        if self.quiet or self.last is None:
+            return
+        if self.tty:
+            print(file=sys.stderr)
+        else:
+            print(self._line(*self.last), file=sys.stderr, flush=True)
+        self.last = None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,12 +160,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"niaffine {__version__}: {args.moving} -> {args.fixed} (dof {args.dof}, "
               f"metric {args.metric})", file=sys.stderr)
+    progress = _Progress(args.quiet, args.levels)
     result = register(
         fixed, moving, fixed_mask=fmask, moving_mask=mmask, initial_matrix=initial, dof=args.dof,
         metric=args.metric, init=init, rotation_search=args.rotation_search, frozen=args.freeze,
         levels_mm=args.levels, max_samples=args.samples, device=args.device, seed=args.seed,
-        callback=_progress(args.quiet, len(args.levels), args.levels),
+        callback=progress,
     )
+    progress.finish_level()
     _write_outputs(args, result, fixed, moving, save_transform, save_image, resample_image)
     if not args.quiet:
         print(f"{args.output}: {result.summary()}")

@@ -60,12 +60,15 @@ class Optimiser:
     tolerance : float
         Other optimisers: relative metric change over ``window`` iterations.
     window : int
+    max_step_mm : float, optional
+        L-BFGS trust radius: no parameter moves by more than this (mm) in one iteration, so
+        a line search cannot leap into a degenerate far-away transform.
     callback : callable, optional
         Called as ``callback(iteration, loss)`` after each iteration (loss is the batch sum).
     """
 
     def __init__(self, params, *, optimizer="lbfgs", optimizer_kwargs=None, max_iterations=100,
-                 tolerance_mm=1e-3, tolerance=1e-6, window=10, callback=None):
+                 tolerance_mm=1e-3, tolerance=1e-6, window=10, max_step_mm=None, callback=None):
         self.params = list(params)
         self.optimizer = optimizer
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
@@ -73,6 +76,7 @@ class Optimiser:
         self.tolerance_mm = float(tolerance_mm)
         self.tolerance = float(tolerance)
         self.window = int(window)
+        self.max_step_mm = max_step_mm
         self.callback = callback
 
     def run(self, loss_fn: Callable[[], torch.Tensor]) -> OptimisationReport:
@@ -136,6 +140,8 @@ class Optimiser:
                     history.clear()
                     direction, slope = -grad, -float(grad @ grad)
                 step = 1.0 if history else min(1.0, 1.0 / max(float(grad.abs().sum()), 1e-12))
+                if self.max_step_mm is not None:
+                    step = min(step, self.max_step_mm / max(float(direction.abs().max()), 1e-12))
                 start = self._flat_params()
                 for _ in range(20):
                     self._set_params(start + step * direction)

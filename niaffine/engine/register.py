@@ -36,6 +36,8 @@ from .volume import Volume, as_volume, robust_normalise
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_LEVELS_MM = (8.0, 4.0, 2.0, 1.0)
+#: Loss added per unit of overlap lost beyond half of a level's starting overlap.
+OVERLAP_PENALTY = 4.0
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -132,7 +134,7 @@ def register_batch(fixed: Sequence, moving: Sequence, **options) -> list[Registr
     seed : int
         Seeds the sampling of points: the same seed gives the same result on one machine.
     callback : callable, optional
-        ``callback(level_index, iteration, loss)`` after each level's optimisation.
+        ``callback(level_index, iteration, loss)`` after every optimiser iteration.
 
     Returns
     -------
@@ -248,11 +250,21 @@ def _register_batch(
             max_samples=max_samples, generator=generator, device=dev,
         )
 
-        def objective(problem=problem):
+        with torch.no_grad():
+            start_overlap = problem.overlap(params()).clamp_min(1e-6)
+
+        def objective(problem=problem, start_overlap=start_overlap):
             values, weights = problem.warp(params())
             if metric_name == "lncc":
-                return M.lncc(problem.fixed_values, values, weights, window=lncc_window)
-            return loss_fn(problem.fixed_values, values, weights)
+                loss = M.lncc(problem.fixed_values, values, weights, window=lncc_window)
+            else:
+                loss = loss_fn(problem.fixed_values, values, weights)
+            # Degeneracy guard: a metric over few samples can look better than the right
+            # answer (e.g. all samples squeezed into a sliver of the moving mask). Losing more
+            # than half of the level's starting overlap is penalised; sane optima are unaffected.
+            kept = weights.reshape(weights.shape[0], -1).sum(-1) / problem.weights_flat().sum(-1)
+            shortfall = (0.5 - kept / start_overlap).clamp_min(0)
+            return loss + OVERLAP_PENALTY * shortfall.detach()
 
         if li == 0:
             _check_overlap(problem, params, fix, mov)
@@ -261,6 +273,7 @@ def _register_batch(
         opt = Optimiser(
             params.optimised(), optimizer=optimizer, optimizer_kwargs=optimizer_kwargs,
             max_iterations=iters[li], tolerance_mm=tolerance_mm, tolerance=tolerance,
+            max_step_mm=max(2.0, float(spacing)),
             callback=None if callback is None else (lambda it, loss, li=li: callback(li, it, loss)),
         )
         rep = opt.run(objective)
@@ -428,7 +441,7 @@ def _rotation_search(params: AffineParameters, objective, max_deg, step_deg, tol
         was = [p.requires_grad for p in groups]
         for p in groups:
             p.requires_grad_(True)
-        rep = Optimiser(groups, max_iterations=15, tolerance=tolerance).run(objective)
+        rep = Optimiser(groups, max_iterations=15, tolerance=tolerance, max_step_mm=8.0).run(objective)
         for p, flag in zip(groups, was):
             p.requires_grad_(flag)
         better = rep.loss < best_loss
