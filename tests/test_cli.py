@@ -223,6 +223,18 @@ def test_images_that_do_not_overlap_exit_65(files, capsys, tmp_path):
            "does not overlap")
 
 
+def test_empty_mask_exits_65(files, capsys, tmp_path):
+    path = _bad_file(files, "empty_mask.nii", np.zeros(nib.load(files["moving"]).shape, np.uint8))
+    _fails(capsys, tmp_path, [files["fixed"], files["moving"], "--moving-mask", path], 65, path,
+           "empty")
+
+
+def test_missing_initial_transform_exits_65(files, capsys, tmp_path):
+    missing = files["dir"] / "no_init.txt"
+    _fails(capsys, tmp_path, [files["fixed"], files["moving"], "--init", missing], 65, missing,
+           "not found")
+
+
 def test_bad_output_extension_exits_65_before_registering(files, capsys, tmp_path):
     code, _, stderr = _run(capsys, [files["fixed"], files["moving"], "-o", tmp_path / "x.xfm", *FAST])
     assert code == 65 and "x.xfm" in stderr
