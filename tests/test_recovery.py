@@ -28,25 +28,19 @@ def _errors(contrast: str, **options) -> list[float]:
 
 @pytest.mark.slow
 def test_t2_like_to_t1_with_mutual_information():
-    """Measured: 0.08-0.10 mm on cases 0-3 (issue target <= 0.15 mm, no failures)."""
+    """Measured on this machine: 0.048-0.120 mm over the 10 cases (target <= 0.15 mm)."""
     errors = _errors("T2", metric="mi")
     assert max(errors) <= 0.15, errors
 
 
 @pytest.mark.slow
-def test_t1_to_t1_default_metric_within_0_2_mm():
-    """Measured: 0.13-0.17 mm on cases 0-3 with the default (MI). Guards against regressions."""
-    errors = _errors("T1")
-    assert max(errors) <= 0.2, errors
+def test_t1_to_t1_with_the_default_metric():
+    """Measured on this machine: 0.060-0.098 mm over the 10 cases (target <= 0.1 mm).
 
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap: T1->T1 with MI stops at 0.13-0.17 mm. The moving image is resampled and "
-    "coarser (1.2 x 1.0 x 1.5 mm) than the sharp 1 mm fixed image; MI then rates the blurred "
-    "brain edge as slightly larger and under-estimates the zooms by ~0.2 % (identical or "
-    "header-shifted images recover to 0.003 mm). ANTs' Mattes MI shows the same (0.115 mm on "
-    "a case of this generator)."))
-def test_t1_to_t1_within_0_1_mm():
+    Before the engine left the 3 mm band at the edge of the fixed sampling region out of the
+    fine levels, MI reached only 0.13-0.17 mm here: the skull-stripped brain's hard edge,
+    blurred in the resampled 1.2 x 1.0 x 1.5 mm moving image, looked larger to MI (a ~0.2 %
+    zoom bias).
+    """
     errors = _errors("T1")
     assert max(errors) <= 0.1, errors
