@@ -10,6 +10,7 @@ written. Nothing is written unless the registration succeeds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("moving", type=Path, help="moving image, NIfTI, registered onto FIXED")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="output transform: ITK text (.txt/.tfm), FSL (.mat) or LTA (.lta)")
-    parser.add_argument("--dof", type=int, default=12, choices=(3, 6, 7, 9, 12),
+    parser.add_argument("--dof", type=int, default=12, choices=(2, 3, 4, 6, 7, 9, 12),
                         help="degrees of freedom: 3 translation, 6 rigid, 7 +isotropic scale, "
                              "9 +scales, 12 full affine (2D images: 2, 3, 4, 6) [default: 12]")
     parser.add_argument("--metric", default="auto", choices=METRIC_CHOICES,
@@ -107,24 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
 class _Progress:
     """Progress display: one updating line per level on a terminal, one line per level else."""
 
-    def __init__(self, quiet: bool, spacings):
-        self.quiet, self.spacings = quiet, spacings
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
         self.tty = sys.stderr.isatty()
         self.start = time.perf_counter()
         self.last = None
 
-    def _line(self, level, iterations, loss) -> str:
-        return (f"  level {level + 1}/{len(self.spacings)} ({self.spacings[level]:g} mm): "
-                f"{iterations} iterations, loss {loss:.5f}, {time.perf_counter() - self.start:.1f} s")
+    def _line(self, level, spacing, iterations, loss) -> str:
+        return (f"  level {level + 1} ({spacing:g} mm): {iterations} iterations, loss {loss:.5f}, "
+                f"{time.perf_counter() - self.start:.1f} s")
 
-    def __call__(self, level, iterations, loss):
+    def __call__(self, level, spacing, iterations, loss):
         if self.quiet:
             return
         if self.last is not None and self.last[0] != level:
             self.finish_level()
-        self.last = (level, iterations, loss)
+        self.last = (level, spacing, iterations, loss)
         if self.tty:
-            print("\r" + self._line(level, iterations, loss), end="", file=sys.stderr, flush=True)
+            print("\r" + self._line(*self.last), end="", file=sys.stderr, flush=True)
 
     def finish_level(self):
         """End the current level's line."""
@@ -141,8 +142,8 @@ def run(args: argparse.Namespace) -> int:
     """Run a parsed command line; returns the exit code."""
     import torch
 
-    from .engine import register, resample_image
-    from .io import load_image, load_transform, save_image, save_transform, transform_format
+    from .engine import register
+    from .io import load_image, load_transform, transform_format
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"niaffine {__version__}: {args.moving} -> {args.fixed} (dof {args.dof}, "
               f"metric {args.metric})", file=sys.stderr)
-    progress = _Progress(args.quiet, args.levels)
+    progress = _Progress(args.quiet)
     result = register(
         fixed, moving, fixed_mask=fmask, moving_mask=mmask, initial_matrix=initial, dof=args.dof,
         metric=args.metric, init=init, rotation_search=args.rotation_search, frozen=args.freeze,
@@ -168,27 +169,32 @@ def run(args: argparse.Namespace) -> int:
         callback=progress,
     )
     progress.finish_level()
-    _write_outputs(args, result, fixed, moving, save_transform, save_image, resample_image)
+    _write_outputs(args, result, fixed, moving)
     if not args.quiet:
         print(f"{args.output}: {result.summary()}")
     return 0
 
 
-def _write_outputs(args, result, fixed, moving, save_transform, save_image, resample_image):
-    """Write every requested output; on any failure remove what this run wrote."""
-    from .io import as_3d_matrix
+def _write_outputs(args, result, fixed, moving):
+    """Write every requested output, all or nothing.
+
+    Each output is written to a temporary file beside its destination; only when all of them
+    are written are they renamed into place, so a failure leaves earlier files untouched.
+    """
+    from .engine import resample_image
+    from .io import as_3d_matrix, atomic_path, save_image, save_transform, transform_format
 
     matrix = as_3d_matrix(result.matrix)
-    jobs = [(args.output, lambda p: save_transform(matrix, p, reference=fixed, moving=moving))]
+    jobs = [(args.output, lambda p: save_transform(matrix, p, reference=fixed, moving=moving,
+                                                   fmt=transform_format(args.output)))]
     if args.out_inverse:
-        jobs.append((args.out_inverse,
-                     lambda p: save_transform(np.linalg.inv(matrix), p, reference=moving, moving=fixed)))
-    if args.out_fsl:
-        jobs.append((args.out_fsl,
-                     lambda p: save_transform(matrix, p, reference=fixed, moving=moving, fmt="fsl")))
-    if args.out_lta:
-        jobs.append((args.out_lta,
-                     lambda p: save_transform(matrix, p, reference=fixed, moving=moving, fmt="lta")))
+        jobs.append((args.out_inverse, lambda p: save_transform(
+            np.linalg.inv(matrix), p, reference=moving, moving=fixed,
+            fmt=transform_format(args.out_inverse))))
+    for path, fmt in ((args.out_fsl, "fsl"), (args.out_lta, "lta")):
+        if path:
+            jobs.append((path, lambda p, fmt=fmt: save_transform(matrix, p, reference=fixed,
+                                                                 moving=moving, fmt=fmt)))
     if args.out_image:
         order = {"nearest": 0, "linear": 1, "cubic": 3}[args.interpolation]
         moved = resample_image(_as_3d(moving), matrix, _as_3d(fixed), order=order)
@@ -196,16 +202,10 @@ def _write_outputs(args, result, fixed, moving, save_transform, save_image, resa
     if args.out_json:
         facts = result.to_dict() | {"fixed": str(args.fixed), "moving": str(args.moving),
                                     "version": __version__}
-        jobs.append((args.out_json, lambda p: _write_json(facts, p)))
-    written = []
-    try:
+        jobs.append((args.out_json, lambda p: p.write_text(json.dumps(facts, indent=2) + "\n")))
+    with contextlib.ExitStack() as stack:
         for path, job in jobs:
-            job(path)
-            written.append(Path(path))
-    except OSError:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+            job(stack.enter_context(atomic_path(path)))
 
 
 def _as_3d(img):
@@ -214,13 +214,6 @@ def _as_3d(img):
     if img.ndim >= 3:
         return img
     return nb.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine, img.header)
-
-
-def _write_json(facts: dict, path) -> None:
-    from .io import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(facts, indent=2) + "\n")
 
 
 def main(argv=None) -> int:

@@ -216,8 +216,10 @@ def lncc(
     cov = local(fixed * moving) - mf * mm
     vf = (local(fixed * fixed) - mf * mf).clamp_min(0)
     vm = (local(moving * moving) - mm * mm).clamp_min(0)
-    cc = cov * cov / (vf * vm + 1e-5)
     dims = tuple(range(2, fixed.ndim))
+    # A guard relative to the images' typical local variance keeps LNCC scale-invariant.
+    guard = 1e-6 * vf.mean(dims, keepdim=True) * vm.mean(dims, keepdim=True) + 1e-30
+    cc = cov * cov / (vf * vm + guard)
     per_channel = (cc * weight).sum(dims) / weight.sum(dims).clamp_min(EPS)
     return -per_channel.sum(-1)
 

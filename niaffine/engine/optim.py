@@ -196,7 +196,7 @@ class Optimiser:
         history, converged, iteration = [], False, 0
         for iteration in range(1, self.max_iterations + 1):
             try:
-                value = float(opt.step(closure))
+                value = float(opt.step(closure).detach())
             except _NonFinite:
                 LOGGER.warning("the metric became NaN/Inf; keeping the best parameters seen")
                 break

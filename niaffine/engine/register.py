@@ -47,7 +47,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return device
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device={device!r} is not a device (auto, cpu, cuda or cuda:N)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceUnavailableError(
             f"device={device} was requested but CUDA is not available on this machine")
@@ -134,7 +137,8 @@ def register_batch(fixed: Sequence, moving: Sequence, **options) -> list[Registr
     seed : int
         Seeds the sampling of points: the same seed gives the same result on one machine.
     callback : callable, optional
-        ``callback(level_index, iteration, loss)`` after every optimiser iteration.
+        ``callback(level_index, spacing_mm, iteration, loss)`` after every optimiser iteration
+        (``spacing_mm`` is the level's effective spacing).
 
     Returns
     -------
@@ -240,14 +244,14 @@ def _register_batch(
     params = AffineParameters(np.stack(centres), np.array(radii), dof=dof, frozen=frozen,
                               initial=np.stack(starts)).to(dev)
 
-    generator = torch.Generator().manual_seed(int(seed))
+    generators = [torch.Generator().manual_seed(int(seed)) for _ in fix]
     reports: list[list[LevelReport]] = [[] for _ in fix]
     for li, spacing in enumerate(levels):
         t0 = time.perf_counter()
         problem = _level_problem(
             f_pyr[li], m_pyr[li], None if fm_pyr is None else fm_pyr[li],
             None if mm_pyr is None else mm_pyr[li], dense=metric_name == "lncc", edge_mm=edge_mm,
-            max_samples=max_samples, generator=generator, device=dev,
+            max_samples=max_samples, generators=generators, device=dev,
         )
 
         with torch.no_grad():
@@ -274,7 +278,8 @@ def _register_batch(
             params.optimised(), optimizer=optimizer, optimizer_kwargs=optimizer_kwargs,
             max_iterations=iters[li], tolerance_mm=tolerance_mm, tolerance=tolerance,
             max_step_mm=max(2.0, float(spacing)),
-            callback=None if callback is None else (lambda it, loss, li=li: callback(li, it, loss)),
+            callback=None if callback is None else (
+                lambda it, loss, li=li, sp=spacing: callback(li, sp, it, loss)),
         )
         rep = opt.run(objective)
         seconds = time.perf_counter() - t0
@@ -377,7 +382,7 @@ def _radius(data: torch.Tensor, affine, centre) -> float:
 
 
 def _level_problem(fixed_level, moving_level, fmask_level, mmask_level, *, dense, edge_mm,
-                   max_samples, generator, device) -> LevelProblem:
+                   max_samples, generators, device) -> LevelProblem:
     f_data, f_aff = fixed_level
     m_data, m_aff = moving_level
     spacing = float(np.min(np.sqrt((f_aff[0, :-1, :-1] ** 2).sum(axis=0))))
@@ -399,7 +404,7 @@ def _level_problem(fixed_level, moving_level, fmask_level, mmask_level, *, dense
         return LevelProblem(points, f_data, region.float(), m_data, mmask, m_to_grid,
                             dense_shape=tuple(f_data.shape[2:]))
     points, values, weights = sample_points(f_data, f_aff, region, max_samples=max_samples,
-                                            generator=generator)
+                                            generators=generators)
     return LevelProblem(points.to(device), values.to(device), weights.to(device), m_data, mmask,
                         m_to_grid)
 

@@ -120,7 +120,7 @@ def sample_points(
     region: torch.Tensor,
     *,
     max_samples: int | None,
-    generator: torch.Generator,
+    generators: list[torch.Generator],
 ):
     """Draw fixed sample points inside ``region`` for every batch item.
 
@@ -134,8 +134,9 @@ def sample_points(
         Where samples may be drawn.
     max_samples : int or None
         Cap per item; ``None`` keeps every voxel of the region.
-    generator : torch.Generator
-        Seeded CPU generator (reproducibility).
+    generators : list of torch.Generator
+        One seeded CPU generator per batch item, so an item's samples do not depend on the
+        other items of its batch.
 
     Returns
     -------
@@ -151,7 +152,7 @@ def sample_points(
     for item in range(b):
         idx = torch.nonzero(flat_region[item], as_tuple=False)[:, 0]
         if max_samples is not None and idx.numel() > max_samples:
-            pick = torch.randperm(idx.numel(), generator=generator)[:max_samples]
+            pick = torch.randperm(idx.numel(), generator=generators[item])[:max_samples]
             idx = idx[pick].sort().values
         chosen.append(idx)
     n = max(int(idx.numel()) for idx in chosen)

@@ -362,10 +362,12 @@ def test_custom_metric_and_first_order_optimizer(fixed):
 def test_callback_reports_each_level(fixed):
     seen = []
     register(fixed[0], C.moving_image(C.true_affine(8, 3)), dof=3,
-             callback=lambda level, it, loss: seen.append((level, it, loss)), **C.FAST)
+             callback=lambda level, spacing, it, loss: seen.append((level, spacing, it, loss)),
+             **C.FAST)
     levels = [s[0] for s in seen]
     assert levels[0] == 0 and levels[-1] == 1 and levels == sorted(levels)
-    assert all(np.isfinite(s[2]) for s in seen)
+    assert {s[1] for s in seen} == set(C.FAST["levels_mm"])  # effective spacings (mm)
+    assert all(np.isfinite(s[3]) for s in seen)
 
 
 def test_seed_reproducibility(fixed, affine_case):
