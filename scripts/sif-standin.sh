@@ -8,7 +8,7 @@
 #   scripts/sif-standin.sh niaffine-docker.tar [--bind SRC:DST[:ro]]... -- niaffine --version
 #
 # It flattens the archive's layers into a folder (as `apptainer build` does), then runs the
-# command in it with the root filesystem read-only (a SIF is), a private /tmp, the environment
+# command in it with the root filesystem read-only (a SIF is), a private /tmp and /dev/shm, the environment
 # cleared (--cleanenv) and rebuilt from the image's ENV then the definition's %environment,
 # as the calling uid or SIF_UID (Apptainer runs as the caller, never as the image's USER).
 # Needs root (unshare, mount, chroot). The flattened tree is kept in SIF_ROOTFS for reruns.
@@ -78,7 +78,8 @@ mount --make-rprivate /
 mount --bind '$rootfs' '$rootfs'
 mount -t proc proc '$rootfs/proc'
 mount -t tmpfs -o mode=1777 tmpfs '$rootfs/tmp'
-mount --bind /dev '$rootfs/dev'
+mount --rbind /dev '$rootfs/dev'
+mount -t tmpfs -o mode=1777 tmpfs '$rootfs/dev/shm'
 $mounts true
 mount -o remount,bind,ro '$rootfs'
 exec chroot --userspec=$run_uid:$run_uid '$rootfs' /usr/bin/env -i \
