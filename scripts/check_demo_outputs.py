@@ -70,9 +70,8 @@ def check(derivatives: Path, bids: Path, max_error_mm: float = 3.0) -> list[str]
     list of str
         One line per missing or inaccurate transform; empty when all pass.
     """
-    from niaffine.io import load_transform
-
     from niaffine.data.bids_demo import load_ground_truth
+    from niaffine.io import load_transform
 
     problems = []
     for key, entry in sorted(load_ground_truth(bids).items()):
