@@ -66,6 +66,10 @@ SUBMIT_COMMANDS = {
 
 DEFAULT_GPU_SBATCH_ARGS = "--gres=gpu:1"
 
+#: The ``plugin_args`` key (``--plugin-args``/``--use-plugin``) that replaces the GPU request;
+#: nipype's plugins ignore it, :func:`gpu_request` reads it.
+GPU_ARGS_KEY = "gpu_sbatch_args"
+
 _KNOWN_PLUGINS = {name.lower(): name for name in (*LOCAL_PLUGINS, *SUBMIT_ARGS_KEY, "IPython")}
 _PAIR_SPLIT = re.compile(r",(?=\s*[A-Za-z_][A-Za-z0-9_]*\s*=)")
 
@@ -345,6 +349,8 @@ def resolve_plugin(
             args.pop(key, None)
         elif not isinstance(args[key], str):
             raise PluginError(f"{key} must be a string, got {args[key]!r}")
+        if not isinstance(args.get(GPU_ARGS_KEY, ""), str):
+            raise PluginError(f"{GPU_ARGS_KEY} must be a string, got {args[GPU_ARGS_KEY]!r}")
         if check_commands:
             missing = [cmd for cmd in SUBMIT_COMMANDS[name] if shutil.which(cmd) is None]
             if missing:
@@ -353,6 +359,23 @@ def resolve_plugin(
                 )
     LOGGER.debug("nipype plugin %s with %s", name, args)
     return name, args
+
+
+def gpu_request(plugin_args: Mapping[str, Any] | None) -> str:
+    """The GPU request for :func:`mark_gpu_nodes`: ``plugin_args["gpu_sbatch_args"]`` or the default.
+
+    Lets users replace ``--gres=gpu:1`` from the command line, e.g.
+    ``--plugin-args "sbatch_args=-p short,gpu_sbatch_args=--gpus=a100:1 -p gpu"``.
+
+    Examples
+    --------
+    >>> gpu_request({"sbatch_args": "-p short"})
+    '--gres=gpu:1'
+    >>> gpu_request({"gpu_sbatch_args": "--gpus=a100:1"})
+    '--gpus=a100:1'
+    """
+    value = (plugin_args or {}).get(GPU_ARGS_KEY)
+    return DEFAULT_GPU_SBATCH_ARGS if value is None else str(value)
 
 
 def _flag_true(value: Any) -> bool:

@@ -338,3 +338,26 @@ def test_mark_gpu_nodes_on_the_subject_workflow(device, expected):
     assert all(name.endswith(("brain_extraction", "registration")) for name in marked)
     resamplers = [n for n in wf._get_all_nodes() if n.fullname.startswith("resample")]
     assert resamplers and all("sbatch_args" not in n.plugin_args for n in resamplers)
+
+
+def test_gpu_request_from_plugin_args(tmp_path, no_login, fake_sbatch):
+    """``gpu_sbatch_args`` in --plugin-args replaces the request; nipype ignores the key."""
+    name, args = pl.resolve_plugin(
+        "SLURM", "sbatch_args=-p short,gpu_sbatch_args=--gpus=a100:1 -p gpu", None, 1, 1, None
+    )
+    assert args == {"sbatch_args": "-p short", "gpu_sbatch_args": "--gpus=a100:1 -p gpu"}
+    assert pl.gpu_request(args) == "--gpus=a100:1 -p gpu"
+    wf = _two_node_wf(tmp_path)
+    pl.mark_gpu_nodes(wf, plugin=name, gpu_sbatch_args=pl.gpu_request(args))
+    node = wf.get_node("gpu_node")
+    node.base_dir = str(tmp_path / "work")
+    script = tmp_path / "gpu.sh"
+    script.write_text("#!/bin/bash\n")
+    SLURMPlugin(plugin_args=args)._submit_batchtask(str(script), node)
+    assert fake_sbatch.read_text().startswith("-p short --gpus=a100:1 -p gpu -o ")
+    assert pl.gpu_request({}) == pl.gpu_request(None) == "--gres=gpu:1"
+
+
+def test_gpu_request_must_be_a_string():
+    with pytest.raises(pl.PluginError, match="gpu_sbatch_args must be a string"):
+        pl.resolve_plugin("SLURM", {"gpu_sbatch_args": 1}, None, 1, 1, None, check_commands=False)
