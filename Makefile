@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_DIR ?= demo
 
-.PHONY: venv test test-slow lint demo bench clean
+.PHONY: venv test test-slow test-slurm test-container lint demo bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,15 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
+test-slurm: $(STAMP)
+	scripts/slurm-local.sh start
+	$(PY) -m pytest -m slurm tests/test_slurm.py $(PYTEST_ARGS)
+
+test-container: $(STAMP)
+	$(PY) -m pytest -m container tests/test_container.py $(PYTEST_ARGS)
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check niaffine tests benchmarks
+	$(VENV)/bin/ruff check niaffine tests benchmarks scripts containers
 
 demo: $(STAMP)
 	$(PY) -m niaffine.demo $(DEMO_DIR)

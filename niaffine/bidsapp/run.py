@@ -169,9 +169,9 @@ def run_participant(settings: Settings) -> int:
             # rerun every level of the graph costs one round, so keep it short locally.
             workflow.config["execution"]["poll_sleep_duration"] = 0.2
         if settings.device.startswith("cuda"):
-            from niaffine.bidsapp.plugin import mark_gpu_nodes
+            from niaffine.bidsapp.plugin import gpu_request, mark_gpu_nodes
 
-            mark_gpu_nodes(workflow, plugin=plugin)
+            mark_gpu_nodes(workflow, plugin=plugin, gpu_sbatch_args=gpu_request(plugin_args))
         log_dir = settings.output_dir / "logs"
         before = _crash_files(log_dir)
         LOGGER.info("running %s with %s %s", workflow.name, plugin, plugin_args)
