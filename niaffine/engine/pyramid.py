@@ -96,6 +96,52 @@ def downsample(data: torch.Tensor, affine: np.ndarray, factors) -> tuple[torch.T
     return out, new_affine
 
 
+def build_padded_pyramid(items, affines, spacings_mm, *, smooth: bool = True,
+                         min_sigma_mm: float = 0.0, device=None):
+    """Levels of a batch whose items may differ in shape and voxel size.
+
+    Items that share a grid geometry are stacked and built together; otherwise each item is
+    built alone and zero-padded at the end of every axis to the batch's largest level shape
+    (padding at the end keeps every voxel's world position, so the affines are unchanged).
+
+    Parameters
+    ----------
+    items : sequence of (C, *shape) tensors
+    affines : (B, n + 1, n + 1) array
+    spacings_mm : sequence of float
+
+    Returns
+    -------
+    levels : list of (data (B, C, *max_shape) tensor, affine (B, n + 1, n + 1) array)
+    extents : list of (B, n) int arrays
+        Each item's own level shape (the part of the padded array holding data).
+    """
+    affines = np.asarray(affines, dtype=float)
+    voxels = np.sqrt((affines[:, :-1, :-1] ** 2).sum(axis=1))
+    same = all(it.shape == items[0].shape for it in items) and np.allclose(voxels, voxels[0],
+                                                                          rtol=1e-4)
+    if same:
+        levels = build_pyramid(torch.stack(list(items)).to(device), affines, spacings_mm,
+                               smooth=smooth, min_sigma_mm=min_sigma_mm)
+        extents = [np.tile(np.array(d.shape[2:]), (len(items), 1)) for d, _ in levels]
+        return levels, extents
+    per_item = [build_pyramid(it[None].to(device), affines[b:b + 1], spacings_mm, smooth=smooth,
+                              min_sigma_mm=min_sigma_mm) for b, it in enumerate(items)]
+    levels, extents = [], []
+    for li in range(len(spacings_mm)):
+        shapes = np.array([p[li][0].shape[2:] for p in per_item])
+        target = shapes.max(axis=0)
+        padded = []
+        for p, shape in zip(per_item, shapes):
+            pad = []
+            for size, full in zip(reversed(shape), reversed(target)):
+                pad += [0, int(full - size)]
+            padded.append(F.pad(p[li][0], pad))
+        levels.append((torch.cat(padded), np.concatenate([p[li][1] for p in per_item])))
+        extents.append(shapes)
+    return levels, extents
+
+
 def build_pyramid(data: torch.Tensor, affine: np.ndarray, spacings_mm, *, smooth: bool = True,
                   min_sigma_mm: float = 0.0):
     """Levels of a ``[B, C, *spatial]`` batch for each spacing (any order; returned in that order).

@@ -21,13 +21,14 @@ from . import metrics as M
 from .initialise import INITS, centre_of_mass, geometric_centre, rotation_candidates
 from .optim import Optimiser
 from .params import AffineParameters, active_groups
-from .pyramid import build_pyramid
+from .pyramid import build_padded_pyramid, build_pyramid
 from .result import LevelReport, RegistrationResult
 from .sampling import (
     LevelProblem,
     dense_points,
     dilate,
     erode,
+    grid_extent,
     moving_grid_matrices,
     sample_points,
 )
@@ -91,8 +92,9 @@ def register_batch(fixed: Sequence, moving: Sequence, **options) -> list[Registr
     ----------
     fixed, moving : sequence of images
         ``B`` fixed and ``B`` moving images (each a nibabel image, list of channel images or
-        Volume). Fixed images share a shape and voxel size among themselves, and so do moving
-        images; their orientations and origins may differ.
+        Volume). Fixed images share a shape and voxel size among themselves (e.g. one
+        template); moving images may differ in shape, voxel size, orientation and origin
+        (they are zero-padded to one array per level, each with its own valid extent).
     fixed_masks, moving_masks : sequence of nibabel images, optional
     initial_matrices : sequence of (n + 1, n + 1) arrays, optional
     dof : int
@@ -195,7 +197,6 @@ def _register_batch(
     if len(fix) != len(mov) or not fix:
         raise InputError("register_batch needs as many fixed as moving images (at least one)")
     _check_batch(fix, "fixed image")
-    _check_batch(mov, "moving image")
     ndim = fix[0].ndim
     if any(v.ndim != ndim for v in mov) or fix[0].channels != mov[0].channels:
         raise InputError(f"{mov[0].name}: dimensionality/channels differ from {fix[0].name}")
@@ -209,13 +210,14 @@ def _register_batch(
     m_aff = np.stack([v.affine for v in mov])
     f_pyr = build_pyramid(torch.stack([v.data for v in fix]).to(dev), f_aff, levels,
                           min_sigma_mm=smoothing_mm)
-    m_pyr = build_pyramid(torch.stack([v.data for v in mov]).to(dev), m_aff, levels,
-                          min_sigma_mm=smoothing_mm)
+    # Moving images may differ in shape and voxel size (e.g. subjects to one template).
+    m_pyr, m_extents = build_padded_pyramid([v.data for v in mov], m_aff, levels,
+                                            min_sigma_mm=smoothing_mm, device=dev)
     fm_pyr = mm_pyr = None
     if fmask is not None:
-        fm_pyr = build_pyramid(fmask.to(dev), f_aff, levels, smooth=False)
+        fm_pyr = build_pyramid(torch.stack(fmask).to(dev), f_aff, levels, smooth=False)
     if mmask is not None:
-        mm_pyr = build_pyramid(mmask.to(dev), m_aff, levels, smooth=False)
+        mm_pyr, _ = build_padded_pyramid(mmask, m_aff, levels, smooth=False, device=dev)
 
     # Centres, scales and the starting transform, from the coarsest level.
     coarse_f, coarse_f_aff = f_pyr[0]
@@ -251,6 +253,7 @@ def _register_batch(
         problem = _level_problem(
             f_pyr[li], m_pyr[li], None if fm_pyr is None else fm_pyr[li],
             None if mm_pyr is None else mm_pyr[li], dense=metric_name == "lncc", edge_mm=edge_mm,
+            moving_extent=m_extents[li],
             max_samples=max_samples, generators=generators, device=dev,
         )
 
@@ -346,7 +349,7 @@ def _masks(masks, vols: list[Volume], role: str):
             raise InputError(f"{mvol.name}: {role} is not on the grid of {vol.name} "
                              f"(shape {mvol.shape} vs {vol.shape}, or different affine)")
         out.append(mvol.data[:1])
-    return torch.stack(out)
+    return out
 
 
 def _effective_levels(levels_mm, voxel_size) -> list[float]:
@@ -382,7 +385,7 @@ def _radius(data: torch.Tensor, affine, centre) -> float:
 
 
 def _level_problem(fixed_level, moving_level, fmask_level, mmask_level, *, dense, edge_mm,
-                   max_samples, generators, device) -> LevelProblem:
+                   moving_extent, max_samples, generators, device) -> LevelProblem:
     f_data, f_aff = fixed_level
     m_data, m_aff = moving_level
     spacing = float(np.min(np.sqrt((f_aff[0, :-1, :-1] ** 2).sum(axis=0))))
@@ -398,15 +401,18 @@ def _level_problem(fixed_level, moving_level, fmask_level, mmask_level, *, dense
         region = inner if inner.sum() > 0.2 * region.sum() else region
     region = region > 0.5
     m_to_grid = moving_grid_matrices(m_aff, m_data.shape[2:]).to(device)
+    extent = None
+    if (np.asarray(moving_extent) != np.asarray(m_data.shape[2:])).any():
+        extent = grid_extent(moving_extent, m_data.shape[2:]).to(device=device, dtype=m_data.dtype)
     mmask = None if mmask_level is None else (mmask_level[0] > 0.5).float()
     if dense:
         points = dense_points(f_data.shape[2:], f_aff).to(device)
         return LevelProblem(points, f_data, region.float(), m_data, mmask, m_to_grid,
-                            dense_shape=tuple(f_data.shape[2:]))
+                            dense_shape=tuple(f_data.shape[2:]), moving_extent=extent)
     points, values, weights = sample_points(f_data, f_aff, region, max_samples=max_samples,
                                             generators=generators)
     return LevelProblem(points.to(device), values.to(device), weights.to(device), m_data, mmask,
-                        m_to_grid)
+                        m_to_grid, moving_extent=extent)
 
 
 def _check_overlap(problem: LevelProblem, params, fix, mov) -> None:

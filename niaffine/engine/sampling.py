@@ -35,6 +35,9 @@ class LevelProblem:
     world_to_moving_grid : (B, n + 1, n + 1) float64 tensor
     dense_shape : tuple or None
         Spatial shape of the fixed level grid when the metric is dense.
+    moving_extent : (B, 1, n) tensor or None
+        Upper grid coordinate of each item's data when moving images of different shapes are
+        zero-padded to one array (None: the whole array is data).
     """
 
     points: torch.Tensor
@@ -44,6 +47,7 @@ class LevelProblem:
     moving_mask: torch.Tensor | None
     world_to_moving_grid: torch.Tensor
     dense_shape: tuple | None = None
+    moving_extent: torch.Tensor | None = None
 
     @property
     def samples(self) -> int:
@@ -71,7 +75,12 @@ class LevelProblem:
                                align_corners=True)
         b, c = values.shape[:2]
         values = values.reshape(b, c, -1)
-        weights = self.weights_flat() * inside_grid(coords.detach()).to(values.dtype)
+        if self.moving_extent is None:
+            inside = inside_grid(coords.detach())
+        else:
+            c = coords.detach()
+            inside = ((c >= -1.0 - 1e-6) & (c <= self.moving_extent + 1e-6)).all(dim=-1)
+        weights = self.weights_flat() * inside.to(values.dtype)
         if self.moving_mask is not None:
             inside_mask = F.grid_sample(self.moving_mask, grid.detach(), mode="bilinear",
                                         padding_mode="zeros", align_corners=True)
@@ -173,6 +182,18 @@ def sample_points(
 def dense_points(shape, affine: np.ndarray) -> torch.Tensor:
     """World coordinates ``(B, prod(shape), n)`` of every voxel of each item's level grid."""
     return torch.stack([voxel_centres(shape, a, dtype=torch.float64) for a in affine])
+
+
+def grid_extent(extents, shape) -> torch.Tensor:
+    """Upper ``grid_sample`` coordinates ``(B, 1, n)`` of items occupying ``extents`` of ``shape``.
+
+    >>> grid_extent([[3, 5], [5, 5]], (5, 5)).tolist()
+    [[[1.0, 0.0]], [[1.0, 1.0]]]
+    """
+    extents = np.asarray(extents, dtype=float)
+    full = np.asarray(shape, dtype=float)
+    upper = np.where(full > 1, -1.0 + 2.0 * (extents - 1) / np.maximum(full - 1, 1), 0.0)
+    return torch.as_tensor(upper[:, ::-1].copy())[:, None, :]
 
 
 def moving_grid_matrices(affine: np.ndarray, shape) -> torch.Tensor:

@@ -417,9 +417,27 @@ def test_register_batch_argument_checks(fixed, batch_case):
         register_batch([fixed[0]], movings[:2])
     with pytest.raises(InputError, match="one mask per image"):
         register_batch([fixed[0]] * 2, movings[:2], fixed_masks=[fixed[1]])
-    small = nib.Nifti1Image(np.asarray(movings[0].dataobj)[:-2], movings[0].affine)
+    small = nib.Nifti1Image(np.asarray(fixed[0].dataobj)[:-2], fixed[0].affine)
     with pytest.raises(InputError, match="share shape"):
-        register_batch([fixed[0]] * 2, [movings[0], small])
+        register_batch([fixed[0], small], movings[:2])
+
+
+def test_batch_of_moving_images_on_different_grids_equals_one_by_one(fixed):
+    """Subjects of different shapes, voxel sizes and orientations against one template.
+
+    The moving arrays are zero-padded to one shape per level; each item keeps its own valid
+    extent, so padding never counts as image. Every voxel is a sample (no random subsets).
+    """
+    trues = [C.true_affine(s, 12) for s in (24, 25)]
+    movings = [C.moving_image(trues[0], voxel_size=(2.5, 3.0, 3.5), orientation="LPS"),
+               C.moving_image(trues[1], voxel_size=3.0, orientation="RAS", oblique_deg=10.0)]
+    assert movings[0].shape != movings[1].shape
+    options = {"dof": 12, "levels_mm": (6.0, 3.0), "max_samples": None}
+    batch = register_batch([fixed[0]] * 2, movings, **options)
+    for true, moving, res in zip(trues, movings, batch):
+        single = register(fixed[0], moving, **options)
+        assert C.error_mm(single.matrix, res.matrix) < 0.01
+        assert C.error_mm(true, res.matrix) < AFFINE_MM
 
 
 # -- 2D ------------------------------------------------------------------------------------
