@@ -18,6 +18,7 @@ import torch
 
 from ..errors import DeviceUnavailableError, InputError, RegistrationError
 from . import metrics as M
+from .frames import voxel_centres
 from .initialise import INITS, centre_of_mass, geometric_centre, rotation_candidates
 from .optim import Optimiser
 from .params import AffineParameters, active_groups
@@ -111,6 +112,9 @@ def register_batch(fixed: Sequence, moving: Sequence, **options) -> list[Registr
     levels_mm : sequence of float
         Pyramid spacings in mm, coarse to fine; spacings finer than the fixed image's voxels
         collapse onto its native grid.
+    smoothing_mm : float
+        Smallest Gaussian blur (mm) applied to both images at every level, the finest included
+        (0: the finest level is unsmoothed).
     edge_mm : float
         Width of the band at the edge of the fixed sampling region (mask or foreground) left
         out of the metric at levels of at most ``2 * edge_mm``. Skull-stripping and masks make
@@ -378,8 +382,6 @@ def _radius(data: torch.Tensor, affine, centre) -> float:
     fg = data.sum(0) > 0.05
     if not fg.any():
         return 50.0
-    from .frames import voxel_centres
-
     pts = voxel_centres(data.shape[1:], affine, dtype=torch.float64)[fg.reshape(-1).cpu()]
     return float(torch.sqrt(((pts - torch.as_tensor(centre)) ** 2).sum(-1).mean()).clamp_min(5.0))
 
