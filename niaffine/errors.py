@@ -21,3 +21,7 @@ class RegistrationError(NiaffineError, RuntimeError):
 
 class DeviceUnavailableError(InputError):
     """The requested compute device (e.g. CUDA) is not available on this machine."""
+
+
+class DeviceMemoryError(RegistrationError):
+    """The compute device ran out of memory (CUDA out-of-memory): fewer or smaller jobs fit."""

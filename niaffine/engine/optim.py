@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,12 +37,23 @@ class OptimisationReport:
         Whether a convergence test stopped the run (rather than the iteration cap).
     loss : (B,) tensor
         Final loss per batch item.
+    item_iterations, item_evaluations, item_converged : list, optional
+        The same per batch item, where items are optimised separately (L-BFGS).
     """
 
     iterations: int
     evaluations: int
     converged: bool
     loss: torch.Tensor
+    item_iterations: list[int] | None = None
+    item_evaluations: list[int] | None = None
+    item_converged: list[bool] | None = None
+
+    def for_item(self, b: int) -> tuple[int, int, bool]:
+        """``(iterations, evaluations, converged)`` of batch item ``b``."""
+        if self.item_iterations is None:
+            return self.iterations, self.evaluations, self.converged
+        return self.item_iterations[b], self.item_evaluations[b], self.item_converged[b]
 
 
 class Optimiser:
@@ -65,10 +76,16 @@ class Optimiser:
         a line search cannot leap into a degenerate far-away transform.
     callback : callable, optional
         Called as ``callback(iteration, loss)`` after each iteration (loss is the batch sum).
+    partial : bool
+        L-BFGS: the loss can be evaluated for some batch items only, as ``loss_fn(items)`` (a
+        list of item indices) returning their ``(len(items),)`` losses. Items that have
+        converged, or whose line search has already accepted a step, are then left out of
+        further evaluations, so a batch costs about what its items cost one by one.
     """
 
     def __init__(self, params, *, optimizer="lbfgs", optimizer_kwargs=None, max_iterations=100,
-                 tolerance_mm=1e-3, tolerance=1e-6, window=10, max_step_mm=None, callback=None):
+                 tolerance_mm=1e-3, tolerance=1e-6, window=10, max_step_mm=None, callback=None,
+                 partial=False):
         self.params = list(params)
         self.optimizer = optimizer
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
@@ -78,6 +95,7 @@ class Optimiser:
         self.window = int(window)
         self.max_step_mm = max_step_mm
         self.callback = callback
+        self.partial = bool(partial)
 
     def run(self, loss_fn: Callable[[], torch.Tensor]) -> OptimisationReport:
         """Minimise ``loss_fn() -> (B,)`` and return a report; parameters are updated in place."""
@@ -122,72 +140,102 @@ class Optimiser:
     def _run_lbfgs(self, loss_fn) -> OptimisationReport:
         """Limited-memory BFGS (two-loop recursion) with a backtracking Armijo line search.
 
+        Every batch item is optimised on its own: its own L-BFGS history, step length, trust
+        radius, convergence test and best-seen parameters. All items are evaluated together
+        (one batched metric evaluation per trial step), but an item's path does not depend on
+        the other items of the batch, so a subject registered in a batch gets the result it
+        gets alone. Items that have converged stay where they are while the others go on.
+
         Written here rather than through :class:`torch.optim.LBFGS`: the first construction of
         any ``torch.optim`` optimizer imports ``torch._dynamo`` (about a second), which would
         dominate a registration that takes a few seconds.
         """
-        counter, best = [0], {"value": math.inf, "params": None, "loss": None}
-        closure = self._guarded(loss_fn, counter, best)
-        history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        iterations, converged = 0, False
-        try:
-            value = float(closure().detach())
-            grad = self._flat_grad()
-            for iterations in range(1, self.max_iterations + 1):
-                direction = _two_loop(grad, history)
-                slope = float(direction @ grad)
-                if slope >= 0:  # not a descent direction: restart from steepest descent
-                    history.clear()
-                    direction, slope = -grad, -float(grad @ grad)
-                step = 1.0 if history else min(1.0, 1.0 / max(float(grad.abs().sum()), 1e-12))
-                if self.max_step_mm is not None:
-                    step = min(step, self.max_step_mm / max(float(direction.abs().max()), 1e-12))
-                start = self._flat_params()
-                for _ in range(20):
-                    self._set_params(start + step * direction)
-                    new_value = float(closure().detach())
-                    if new_value <= value + 1e-4 * step * slope:
-                        break
-                    step *= 0.5
-                else:
-                    self._set_params(start)
-                    converged = True
+        evaluate = _ItemEvaluator(self.params, loss_fn, partial=self.partial)
+        batch = evaluate.batch
+        state = [_ItemState() for _ in range(batch)]
+        values, grads = evaluate(evaluate.get())
+        for b in range(batch):
+            state[b].evaluations = 1
+            if not math.isfinite(values[b]):
+                raise RegistrationError("the metric is NaN or infinite at the initial transform")
+        best_values, best_x = values.clone(), evaluate.get()
+        iteration = 0
+        for iteration in range(1, self.max_iterations + 1):
+            active = [b for b in range(batch) if not state[b].done]
+            if not active:
+                break
+            x = evaluate.get()
+            start = x.clone()
+            direction = torch.zeros_like(x)
+            step = torch.zeros(batch, dtype=x.dtype)
+            slope = torch.zeros(batch, dtype=x.dtype)
+            for b in active:
+                direction[b], slope[b], step[b] = self._direction(grads[b], state[b].history)
+            pending = set(active)
+            trial_values, trial_grads = values.clone(), grads.clone()
+            for _ in range(20):
+                for b in pending:
+                    x[b] = start[b] + step[b] * direction[b]
+                new_values, new_grads = evaluate(x, sorted(pending))
+                for b in list(pending):
+                    state[b].evaluations += 1
+                    value = float(new_values[b])
+                    if not math.isfinite(value):
+                        LOGGER.warning("the metric became NaN/Inf; keeping the best parameters seen")
+                        x[b] = best_x[b]
+                        state[b].done = True
+                        pending.discard(b)
+                        continue
+                    if value < best_values[b]:
+                        best_values[b], best_x[b] = value, x[b]
+                    if value <= values[b] + 1e-4 * step[b] * slope[b]:
+                        trial_values[b], trial_grads[b] = value, new_grads[b]
+                        pending.discard(b)
+                    else:
+                        step[b] *= 0.5
+                if not pending:
                     break
-                new_grad = self._flat_grad()
-                s_k, y_k = step * direction, new_grad - grad
+            for b in pending:  # no acceptable step: this item has converged
+                x[b] = start[b]
+                state[b].done = state[b].converged = True
+            for b in active:
+                if state[b].done:
+                    continue
+                state[b].iterations = iteration
+                s_k = step[b] * direction[b]
+                y_k = trial_grads[b] - grads[b]
                 curvature = float(s_k @ y_k)
                 if curvature > 1e-10:
-                    history.append((s_k, y_k, 1.0 / curvature))
-                    del history[:-10]
-                moved = float(s_k.abs().max())
-                change = abs(value - new_value)
-                value, grad = new_value, new_grad
-                if self.callback is not None:
-                    self.callback(iterations, value)
-                if moved < self.tolerance_mm or change < self.tolerance * max(abs(value), 1.0):
-                    converged = True
-                    break
-        except _NonFinite:
-            LOGGER.warning("the metric became NaN/Inf; keeping the best parameters seen")
-        if best["params"] is None:
-            raise RegistrationError("the metric is NaN or infinite at the initial transform")
-        self._restore(best)
-        return OptimisationReport(iterations, counter[0], converged, best["loss"])
+                    state[b].history.append((s_k, y_k, 1.0 / curvature))
+                    del state[b].history[:-10]
+                change = abs(float(values[b]) - float(trial_values[b]))
+                if (float(s_k.abs().max()) < self.tolerance_mm
+                        or change < self.tolerance * max(abs(float(trial_values[b])), 1.0)):
+                    state[b].done = state[b].converged = True
+            values, grads = trial_values, trial_grads
+            evaluate.set(x)
+            if self.callback is not None and any(state[b].iterations == iteration for b in active):
+                self.callback(iteration, float(values.sum()))
+        evaluate.set(best_x)
+        return OptimisationReport(
+            max(s.iterations for s in state), evaluate.count, all(s.converged for s in state),
+            best_values.to(evaluate.loss_device, evaluate.loss_dtype),
+            item_iterations=[s.iterations for s in state],
+            item_evaluations=[s.evaluations for s in state],
+            item_converged=[s.converged for s in state],
+        )
 
-    def _flat_params(self) -> torch.Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self.params])
-
-    def _flat_grad(self) -> torch.Tensor:
-        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                          for p in self.params]).clone()
-
-    def _set_params(self, flat: torch.Tensor) -> None:
-        offset = 0
-        with torch.no_grad():
-            for p in self.params:
-                n = p.numel()
-                p.copy_(flat[offset:offset + n].reshape(p.shape))
-                offset += n
+    def _direction(self, grad: torch.Tensor, history: list) -> tuple:
+        """Search direction, its slope and the first trial step of one item."""
+        direction = _two_loop(grad, history)
+        slope = float(direction @ grad)
+        if slope >= 0:  # not a descent direction: restart from steepest descent
+            history.clear()
+            direction, slope = -grad, -float(grad @ grad)
+        step = 1.0 if history else min(1.0, 1.0 / max(float(grad.abs().sum()), 1e-12))
+        if self.max_step_mm is not None:
+            step = min(step, self.max_step_mm / max(float(direction.abs().max()), 1e-12))
+        return direction, slope, step
 
     def _run_first_order(self, loss_fn) -> OptimisationReport:
         opt = self.optimizer(self.params, **self.optimizer_kwargs)
@@ -229,6 +277,66 @@ def _two_loop(grad: torch.Tensor, history) -> torch.Tensor:
         beta = rho * float(y_k @ q)
         q += (alpha - beta) * s_k
     return -q
+
+
+@dataclass
+class _ItemState:
+    """L-BFGS state of one batch item."""
+
+    history: list = field(default_factory=list)
+    iterations: int = 0
+    evaluations: int = 0
+    converged: bool = False
+    done: bool = False
+
+
+class _ItemEvaluator:
+    """Evaluate a batched loss and its per-item gradients at per-item flat parameters.
+
+    Parameters are handled as one ``(B, P)`` float64 CPU array (``P`` the optimised values of
+    one item, a dozen at most); the loss is evaluated on the parameters' own device.
+    """
+
+    def __init__(self, params, loss_fn, *, partial: bool = False):
+        self.params, self.loss_fn, self.partial = params, loss_fn, partial
+        self.batch = int(params[0].shape[0])
+        self.sizes = [p[0].numel() for p in params]
+        self.count = 0
+        self.loss_device, self.loss_dtype = torch.device("cpu"), torch.float64
+
+    def get(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(self.batch, -1) for p in self.params], 1).cpu().double()
+
+    def set(self, flat: torch.Tensor) -> None:
+        with torch.no_grad():
+            for p, part in zip(self.params, flat.split(self.sizes, dim=1)):
+                p.copy_(part.reshape(p.shape).to(p.device, p.dtype))
+
+    def __call__(self, flat: torch.Tensor, items=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss (B,), grad (B, P))`` at ``flat``; a non-finite item gets no gradient.
+
+        With ``items`` (and ``partial``) only those items are evaluated; the others read as
+        ``inf`` with zero gradients and must not be used.
+        """
+        self.set(flat)
+        for p in self.params:
+            p.grad = None
+        subset = self.partial and items is not None and len(items) < self.batch
+        loss = self.loss_fn(list(items)) if subset else self.loss_fn()
+        self.count += 1
+        self.loss_device, self.loss_dtype = loss.device, loss.dtype
+        finite = torch.isfinite(loss)
+        torch.where(finite, loss, torch.zeros_like(loss)).sum().backward()
+        grads = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(self.batch, -1)
+                           for p in self.params], 1).cpu().double()
+        if subset:
+            values = torch.full((self.batch,), math.inf, dtype=torch.float64)
+            values[list(items)] = loss.detach().cpu().double()
+        else:
+            values = loss.detach().cpu().double()
+        # a NaN gradient is as unusable as a NaN value
+        values[~torch.isfinite(grads).all(1)] = math.nan
+        return values, grads
 
 
 class _NonFinite(Exception):

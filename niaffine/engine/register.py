@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import DeviceUnavailableError, InputError, RegistrationError
+from ..errors import DeviceMemoryError, DeviceUnavailableError, InputError
 from . import metrics as M
 from .frames import voxel_centres
 from .initialise import INITS, centre_of_mass, geometric_centre, rotation_candidates
@@ -155,7 +155,7 @@ def register_batch(fixed: Sequence, moving: Sequence, **options) -> list[Registr
     except torch.cuda.OutOfMemoryError as err:
         names = ", ".join(str(getattr(m, 'get_filename', lambda: None)() or 'moving image')
                           for m in moving)
-        raise RegistrationError(
+        raise DeviceMemoryError(
             f"{names}: CUDA ran out of memory on {options.get('device', 'auto')} "
             f"({str(err).splitlines()[0][:120]}); run fewer registrations per GPU at once "
             "(--n-gpu-procs), smaller batches, or --device cpu") from None
@@ -264,8 +264,21 @@ def _register_batch(
         with torch.no_grad():
             start_overlap = problem.overlap(params()).clamp_min(1e-6)
 
-        def objective(problem=problem, start_overlap=start_overlap):
-            values, weights = problem.warp(params())
+        level_subsets: dict = {}  # the same few item subsets recur within a level
+
+        def objective(items=None, problem=problem, start_overlap=start_overlap,
+                      subsets=level_subsets):
+            """Loss ``(B,)``, or of the batch items ``items`` only (a list of indices)."""
+            matrices = params()
+            if items is not None and len(items) < matrices.shape[0]:
+                key = tuple(items)
+                if key not in subsets:
+                    if len(subsets) > len(fix):
+                        subsets.clear()
+                    subsets[key] = problem.subset(items)
+                problem, start_overlap = subsets[key], start_overlap[list(items)]
+                matrices = matrices[list(items)]
+            values, weights = problem.warp(matrices)
             if metric_name == "lncc":
                 loss = M.lncc(problem.fixed_values, values, weights, window=lncc_window)
             else:
@@ -284,7 +297,7 @@ def _register_batch(
         opt = Optimiser(
             params.optimised(), optimizer=optimizer, optimizer_kwargs=optimizer_kwargs,
             max_iterations=iters[li], tolerance_mm=tolerance_mm, tolerance=tolerance,
-            max_step_mm=max(2.0, float(spacing)),
+            max_step_mm=max(2.0, float(spacing)), partial=True,
             callback=None if callback is None else (
                 lambda it, loss, li=li, sp=spacing: callback(li, sp, it, loss)),
         )
@@ -293,9 +306,9 @@ def _register_batch(
         LOGGER.info("level %.2g mm: %d iterations, %d evaluations, loss %s, %.2f s", spacing,
                     rep.iterations, rep.evaluations, rep.loss.tolist(), seconds)
         for b in range(len(fix)):
-            reports[b].append(LevelReport(float(spacing), rep.iterations, rep.evaluations,
-                                          float(rep.loss[b]), rep.converged, seconds,
-                                          problem.samples))
+            its, evals, converged = rep.for_item(b)
+            reports[b].append(LevelReport(float(spacing), its, evals, float(rep.loss[b]),
+                                          converged, seconds, problem.samples))
     elapsed = time.perf_counter() - start
     with torch.no_grad():
         matrices = params().cpu().numpy()
@@ -454,7 +467,8 @@ def _rotation_search(params: AffineParameters, objective, max_deg, step_deg, tol
         was = [p.requires_grad for p in groups]
         for p in groups:
             p.requires_grad_(True)
-        rep = Optimiser(groups, max_iterations=15, tolerance=tolerance, max_step_mm=8.0).run(objective)
+        rep = Optimiser(groups, max_iterations=15, tolerance=tolerance, max_step_mm=8.0,
+                        partial=True).run(objective)
         for p, flag in zip(groups, was):
             p.requires_grad_(flag)
         better = rep.loss < best_loss

@@ -90,6 +90,32 @@ class LevelProblem:
             weights = weights.reshape(b, 1, *self.dense_shape)
         return values, weights
 
+    def subset(self, items: list[int]) -> LevelProblem:
+        """The problem of some batch items only (views where ``items`` are consecutive).
+
+        Examples
+        --------
+        >>> z = torch.zeros
+        >>> p = LevelProblem(z(3, 4, 3), z(3, 1, 4), z(3, 4), z(3, 1, 2, 2, 2), None, z(3, 4, 4))
+        >>> p.subset([1, 2]).moving.shape[0], p.subset([0, 2]).points.shape[0]
+        (2, 2)
+        """
+        items = [int(b) for b in items]
+        if items == list(range(items[0], items[-1] + 1)):
+            index = slice(items[0], items[-1] + 1)
+        else:
+            index = torch.as_tensor(items, device=self.points.device)
+
+        def pick(value):
+            return None if value is None else value[index]
+
+        return LevelProblem(
+            points=pick(self.points), fixed_values=pick(self.fixed_values),
+            weights=pick(self.weights), moving=pick(self.moving),
+            moving_mask=pick(self.moving_mask), world_to_moving_grid=pick(self.world_to_moving_grid),
+            dense_shape=self.dense_shape, moving_extent=pick(self.moving_extent),
+        )
+
     def weights_flat(self) -> torch.Tensor:
         """Sample weights as ``(B, N)``."""
         return self.weights.reshape(self.weights.shape[0], -1)

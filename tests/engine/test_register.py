@@ -398,17 +398,20 @@ def test_register_batch_equals_one_by_one(fixed, batch_case):
         assert C.error_mm(true, res.matrix) < AFFINE_MM
 
 
-def test_batch_item_samples_do_not_depend_on_its_position(fixed, batch_case):
-    """Known gap: one seeded generator is shared by the batch items in order, so item ``b``
-    draws other sample points than the same pair registered alone with the same seed.
+def test_batch_item_does_not_depend_on_its_batch(fixed, batch_case):
+    """Random sample subsets: each item draws the points it draws alone (one seeded generator
+    per item) and is optimised on its own (own L-BFGS history, steps and convergence).
 
-    Measured 0.03 mm between the batch and single results for the second pair (versus
-    0.003 mm when every voxel is used): a subject's result depends on its batch.
+    What remains is float32 round-off of the batched evaluation (about 1e-6 of the loss),
+    which the optimiser's path amplifies a little: measured 0.0003-0.002 mm at 12 dof and
+    0.003-0.02 mm at 6 dof, four subjects on different grids, against ~0.06 mm accuracy.
     """
     trues, movings = batch_case
-    batch = register_batch([fixed[0]] * 2, movings[:2], dof=12, **C.FAST)
-    single = register(fixed[0], movings[1], dof=12, **C.FAST)
-    assert C.error_mm(single.matrix, batch[1].matrix) < 0.01
+    batch = register_batch([fixed[0]] * 3, movings, dof=12, **C.FAST)
+    for b in (1, 2):
+        single = register(fixed[0], movings[b], dof=12, **C.FAST)
+        assert C.error_mm(single.matrix, batch[b].matrix) < 0.01
+        assert [lv.iterations for lv in batch[b].levels][0] == single.levels[0].iterations
 
 
 def test_register_batch_argument_checks(fixed, batch_case):

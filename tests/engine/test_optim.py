@@ -1,0 +1,99 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The L-BFGS loop optimises every batch item on its own."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from niaffine.engine.optim import Optimiser
+
+#: Per-item quadratic bowls with different curvatures, minima and starting points.
+CURVATURES = [(1.0, 4.0, 0.5), (30.0, 0.2, 2.0), (3.0, 3.0, 3.0)]
+MINIMA = [(5.0, -2.0, 1.0), (-7.0, 0.5, 0.0), (0.1, 0.1, -0.1)]
+
+
+def _problem(items: list[int], calls: list | None = None):
+    """Parameters (B, 3) at zero and a loss ``(B,)``: a coupled quartic bowl per item.
+
+    The loss takes an optional list of batch items and then returns theirs only (recorded
+    in ``calls``).
+    """
+    param = torch.nn.Parameter(torch.zeros(len(items), 3, dtype=torch.float64))
+    curv = torch.tensor([CURVATURES[i] for i in items], dtype=torch.float64)
+    minima = torch.tensor([MINIMA[i] for i in items], dtype=torch.float64)
+
+    def loss(subset=None):
+        index = list(range(len(items))) if subset is None else list(subset)
+        if calls is not None:
+            calls.append(index)
+        d = param[index] - minima[index]
+        coupled = 0.3 * d[:, 0] * d[:, 1]
+        return (curv[index] * d**2).sum(-1) + coupled + 0.05 * (d**4).sum(-1)
+
+    return param, loss
+
+
+def _run(items: list[int], **options):
+    param, loss = _problem(items)
+    report = Optimiser([param], **options).run(loss)
+    return param.detach(), report
+
+
+@pytest.mark.parametrize("options", [{}, {"max_step_mm": 0.5}, {"max_iterations": 3}],
+                         ids=["default", "trust-radius", "capped"])
+def test_batch_items_follow_their_own_path(options):
+    """Same parameters, iterations and convergence in a batch as alone (float64 loss)."""
+    batch, report = _run([0, 1, 2], **options)
+    for b in range(3):
+        alone, single = _run([b], **options)
+        torch.testing.assert_close(batch[b], alone[0], rtol=0, atol=1e-12)
+        assert report.for_item(b) == single.for_item(0)
+        assert math.isclose(float(report.loss[b]), float(single.loss[0]), abs_tol=1e-12)
+    assert report.iterations == max(report.item_iterations)
+
+
+def test_partial_evaluation_skips_settled_items():
+    """With ``partial``, converged items and items whose step was accepted are not evaluated
+    again: the same path, and each item evaluated as often as alone."""
+    calls = []
+    param, loss = _problem([0, 1, 2], calls)
+    report = Optimiser([param], partial=True).run(loss)
+    full, full_report = _run([0, 1, 2])
+    torch.testing.assert_close(param.detach(), full, rtol=0, atol=1e-12)
+    assert report.item_iterations == full_report.item_iterations
+    assert any(len(c) < 3 for c in calls)
+    for b in range(3):
+        assert sum(b in c for c in calls) == report.item_evaluations[b]
+        assert report.item_evaluations[b] == _run([b])[1].item_evaluations[0]
+
+
+def test_a_converged_item_stays_put_while_others_go_on():
+    """The easy bowl converges first; the ill-conditioned one keeps iterating."""
+    batch, report = _run([2, 1], tolerance_mm=1e-9, tolerance=0.0)
+    iterations = report.item_iterations
+    assert all(report.item_converged)
+    assert iterations[0] < iterations[1]
+    torch.testing.assert_close(batch, torch.tensor([MINIMA[2], MINIMA[1]], dtype=torch.float64),
+                               atol=1e-4, rtol=0)
+
+
+def test_a_nan_in_one_item_leaves_the_others_alone():
+    """An item whose loss turns NaN keeps its best parameters; the others go on as alone."""
+
+    def run(items):
+        param, loss = _problem(items)
+
+        def nan_beyond_two():  # item 0 aims at x = 5 but is NaN beyond x = 2
+            return loss() + torch.sqrt(2.0 - param[:, 0])
+
+        return param.detach(), Optimiser([param]).run(nan_beyond_two)
+
+    batch, report = run([0, 1])
+    alone, single = run([1])
+    assert float(batch[0, 0]) <= 2.0 and math.isfinite(float(report.loss[0]))
+    assert not report.item_converged[0]
+    torch.testing.assert_close(batch[1], alone[0], rtol=0, atol=1e-12)
+    assert report.for_item(1) == single.for_item(0) and single.converged
