@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import numpy as np
 from nipype.interfaces.base import (
@@ -134,8 +135,8 @@ def register_files(
         ``run_facts`` (JSON file), ``facts`` (the same as a dict) and ``result`` (the
         engine's ``RegistrationResult``).
     """
-    from niaffine.engine import register, resample_image
-    from niaffine.io import load_transform, save_transform
+    from niaffine.engine import register
+    from niaffine.io import load_transform
 
     fixed = load_image(fixed_image, role="fixed image", ndim=(2, 3))
     moving = load_image(moving_image, role="moving image", ndim=(2, 3))
@@ -169,28 +170,79 @@ def register_files(
             **options,
         )
         LOGGER.info("%s -> %s: %s", moving_image, fixed_image, result.summary())
+        return write_registration(
+            result, fixed=fixed, moving=moving, fixed_image=fixed_image,
+            moving_image=moving_image, fixed_mask=fixed_mask, device=device,
+            write_warped=write_warped, newpath=newpath,
+            extra={"initialization": "transform" if initial_matrix is not None else init,
+                   "seed": int(seed)},
+        )
 
-        forward = derived_name(moving_image, "_xfm", ".txt", newpath)
-        reverse = derived_name(moving_image, "_inverse_xfm", ".txt", newpath)
-        save_transform(result.matrix, forward, reference=fixed, moving=moving)
-        save_transform(np.linalg.inv(result.matrix), reverse, reference=moving, moving=fixed)
 
-        warped = None
-        if write_warped:
-            warped = derived_name(moving_image, "_warped", ".nii.gz", newpath)
-            resample_image(moving, result.matrix, fixed, order=1, device=device).to_filename(
-                warped
-            )
+def write_registration(
+    result,
+    *,
+    fixed,
+    moving,
+    fixed_image: str,
+    moving_image: str,
+    fixed_mask=None,
+    device: str = "cpu",
+    write_warped: bool = True,
+    newpath: str | None = None,
+    prefix: str = "",
+    extra: dict | None = None,
+) -> dict:
+    """Write the transforms, moved image and run facts of one registration result.
 
+    Parameters
+    ----------
+    result : RegistrationResult
+        The engine's result for ``moving`` registered to ``fixed``.
+    fixed, moving : nibabel images
+        The loaded images.
+    fixed_image, moving_image : str
+        Their paths (output names derive from ``moving_image``; both go into the facts).
+    fixed_mask : nibabel image, optional
+        Its volume goes into the facts.
+    device : str
+        Device of the resampling.
+    write_warped : bool
+        Also write the moving image resampled onto the fixed grid.
+    newpath : str, optional
+        Output folder (default: the working directory).
+    prefix : str
+        Put before every output name (keeps the outputs of same-named inputs apart).
+    extra : dict, optional
+        More run facts.
+
+    Returns
+    -------
+    dict
+        As :func:`register_files`.
+    """
+    from niaffine.engine import resample_image
+    from niaffine.io import save_transform
+
+    def out(suffix, ext):
+        path = derived_name(moving_image, suffix, ext, newpath)
+        return os.path.join(os.path.dirname(path), prefix + os.path.basename(path))
+
+    forward, reverse = out("_xfm", ".txt"), out("_inverse_xfm", ".txt")
+    save_transform(result.matrix, forward, reference=fixed, moving=moving)
+    save_transform(np.linalg.inv(result.matrix), reverse, reference=moving, moving=fixed)
+    warped = None
+    if write_warped:
+        warped = out("_warped", ".nii.gz")
+        resample_image(moving, result.matrix, fixed, order=1, device=device).to_filename(warped)
     facts = run_facts(
         result,
         source=moving_image,
         target=fixed_image,
         mask_ml=mask_volume_ml(fixed_mask) if fixed_mask is not None else None,
-        extra={"initialization": "transform" if initial_matrix is not None else init,
-               "seed": int(seed)},
+        extra=extra,
     )
-    facts_file = derived_name(moving_image, "_registration", ".json", newpath)
+    facts_file = out("_registration", ".json")
     with open(facts_file, "w", encoding="utf-8") as stream:
         json.dump(facts, stream, indent=2)
     return {
@@ -203,29 +255,20 @@ def register_files(
     }
 
 
-class _AffineRegistrationInputSpec(BaseInterfaceInputSpec):
+class EngineInputSpec(BaseInterfaceInputSpec):
+    """Inputs shared by the interfaces that run the registration engine."""
+
     fixed_image = File(exists=True, mandatory=True, desc="image the moving image is aligned to")
-    moving_image = File(exists=True, mandatory=True, desc="image that is aligned")
     fixed_image_mask = File(exists=True, desc="mask on the fixed grid: metric evaluated inside")
-    moving_image_mask = File(exists=True, desc="mask on the moving grid")
     dof = traits.Enum(12, 9, 7, 6, 3, usedefault=True, desc="degrees of freedom")
     metric = traits.Enum(
         "auto", "mi", "cr", "ncc", "lncc", "mse", usedefault=True,
         desc="similarity metric (auto: mutual information)",
     )
-    initial_moving_transform = File(
-        exists=True, desc="initial transform (ITK/FSL/LTA), fixed -> moving points"
-    )
     initial_moving_transform_com = traits.Enum(
         1, 0, 2, usedefault=True,
         desc="initial alignment without a transform: 0 geometric centres, 1 centres of mass, "
         "2 identity (ANTs' codes)",
-    )
-    rotation_search = traits.Bool(
-        False, usedefault=True, desc="search coarse rotations first (large misalignments)"
-    )
-    levels_mm = traits.List(
-        traits.Float, minlen=1, desc="pyramid spacings in mm, coarse to fine (engine default)"
     )
     random_seed = traits.Int(0, usedefault=True, desc="random seed")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="torch CPU threads")
@@ -234,7 +277,21 @@ class _AffineRegistrationInputSpec(BaseInterfaceInputSpec):
         False, usedefault=True, desc="run on CUDA (marks the node for nipype's GPU slots)"
     )
     output_warped_image = traits.Bool(
-        True, usedefault=True, desc="write the moving image resampled onto the fixed grid"
+        True, usedefault=True, desc="write the moving image(s) resampled onto the fixed grid"
+    )
+
+
+class _AffineRegistrationInputSpec(EngineInputSpec):
+    moving_image = File(exists=True, mandatory=True, desc="image that is aligned")
+    moving_image_mask = File(exists=True, desc="mask on the moving grid")
+    initial_moving_transform = File(
+        exists=True, desc="initial transform (ITK/FSL/LTA), fixed -> moving points"
+    )
+    rotation_search = traits.Bool(
+        False, usedefault=True, desc="search coarse rotations first (large misalignments)"
+    )
+    levels_mm = traits.List(
+        traits.Float, minlen=1, desc="pyramid spacings in mm, coarse to fine (engine default)"
     )
 
 
