@@ -22,6 +22,15 @@ IMAGE_SUFFIXES = ("T2w", "FLAIR", "PDw", "bold", "dwi")
 #: Suffixes of series whose reference volume is registered.
 SERIES_SUFFIXES = ("bold", "dwi")
 
+#: Inputs of ``init_single_subject_wf(precomputed_normalisation=True)`` and the inputs of
+#: the template workflow they feed.
+PRECOMPUTED_INPUTS = {
+    "t1w2template_xfm": "t1w2template_xfm",
+    "template2t1w_xfm": "template2t1w_xfm",
+    "t1w_template": "t1w_template",
+    "template_run_facts": "run_facts",
+}
+
 OUTPUT_FIELDS = [
     "t1w_preproc", "t1w_mask", "t1w_brain", "t1w2template_xfm", "template2t1w_xfm",
     "t1w_template", "template", "coreg_xfms", "t1w2image_xfms", "images_t1w",
@@ -90,6 +99,8 @@ def init_single_subject_wf(
     device: str = "cpu",
     seed: int = 0,
     omp_nthreads: int = 1,
+    precomputed_brainmask: bool = False,
+    precomputed_normalisation: bool = False,
     name: str = "single_subject_wf",
 ) -> pe.Workflow:
     """Brain masking, normalisation, coregistration and resampling for one subject (session).
@@ -131,8 +142,28 @@ def init_single_subject_wf(
         Random seed of every registration.
     omp_nthreads : int
         CPU threads per node.
+    precomputed_brainmask : bool
+        Take the brain mask as inputs (node ``anatnode``: ``out_brain``, ``out_mask``,
+        ``out_report``, the outputs of :func:`init_brainmask_wf`) instead of computing it.
+    precomputed_normalisation : bool
+        Take the T1w-to-template registration as inputs instead of running it (node
+        ``normnode``: ``t1w2template_xfm``, ``template2t1w_xfm``, ``t1w_template``,
+        ``template_run_facts``). Ignored without a template space. The BIDS-App's
+        ``--batch-size`` uses both: every subject's brain mask is made outside, the brains of
+        N subjects are registered to the template at once, and each subject's graph takes
+        its own results (a graph cannot feed its own inputs: nipype needs a DAG).
     name : str
         Workflow name.
+
+    Inputs
+    ------
+    t1w, images
+        Set from ``subject_data``.
+    anatnode.out_brain, anatnode.out_mask, anatnode.out_report
+        Only with ``precomputed_brainmask``.
+    normnode.t1w2template_xfm, normnode.template2t1w_xfm, normnode.t1w_template
+    normnode.template_run_facts
+        Only with ``precomputed_normalisation``.
 
     Outputs
     -------
@@ -177,19 +208,26 @@ def init_single_subject_wf(
     normalise = template_space is not None
     n_images = len(images)
 
+    precomputed = normalise and precomputed_normalisation
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w", "images"]), name="inputnode")
     inputnode.inputs.t1w = os.path.abspath(subject_data["t1w"])
     inputnode.inputs.images = [os.path.abspath(image["path"]) for image in images]
     outputnode = pe.Node(niu.IdentityInterface(fields=OUTPUT_FIELDS), name="outputnode")
 
-    brainmask_wf = init_brainmask_wf(device=device, omp_nthreads=omp_nthreads)
+    if precomputed_brainmask:
+        brainmask_wf = pe.Node(niu.IdentityInterface(fields=["out_brain", "out_mask",
+                                                             "out_report"]), name="anatnode")
+        bm = ""  # ports of the brain mask's source
+    else:
+        brainmask_wf = init_brainmask_wf(device=device, omp_nthreads=omp_nthreads)
+        workflow.connect(inputnode, "t1w", brainmask_wf, "inputnode.t1w")
+        bm = "outputnode."
     # fmt: off
     workflow.connect([
-        (inputnode, brainmask_wf, [("t1w", "inputnode.t1w")]),
         (inputnode, outputnode, [("t1w", "t1w_preproc")]),
-        (brainmask_wf, outputnode, [("outputnode.out_mask", "t1w_mask"),
-                                    ("outputnode.out_brain", "t1w_brain")]),
+        (brainmask_wf, outputnode, [(f"{bm}out_mask", "t1w_mask"),
+                                    (f"{bm}out_brain", "t1w_brain")]),
     ])
     # fmt: on
 
@@ -197,7 +235,7 @@ def init_single_subject_wf(
     merge_reportlets = pe.Node(
         niu.Merge(n_reports), name="merge_reportlets", run_without_submitting=True
     )
-    workflow.connect(brainmask_wf, "outputnode.out_report", merge_reportlets, "in1")
+    workflow.connect(brainmask_wf, f"{bm}out_report", merge_reportlets, "in1")
     workflow.connect(merge_reportlets, "out", outputnode, "reportlets")
     n_metrics = int(normalise) + n_images
     if n_metrics:
@@ -212,11 +250,17 @@ def init_single_subject_wf(
         template_wf = init_template_wf(
             template=template_space, template_mask=template_mask, dof=dof_template,
             metric=metric, device=device, seed=seed, omp_nthreads=omp_nthreads,
+            precomputed=precomputed,
         )
+        if precomputed:
+            normnode = pe.Node(niu.IdentityInterface(fields=list(PRECOMPUTED_INPUTS)),
+                               name="normnode")
+            workflow.connect([(normnode, template_wf, [
+                (field, f"inputnode.{inner}") for field, inner in PRECOMPUTED_INPUTS.items()])])
         # fmt: off
         workflow.connect([
-            (brainmask_wf, template_wf, [("outputnode.out_brain", "inputnode.t1w_brain"),
-                                         ("outputnode.out_mask", "inputnode.t1w_mask")]),
+            (brainmask_wf, template_wf, [(f"{bm}out_brain", "inputnode.t1w_brain"),
+                                         (f"{bm}out_mask", "inputnode.t1w_mask")]),
             (template_wf, outputnode, [("outputnode.t1w2template_xfm", "t1w2template_xfm"),
                                        ("outputnode.template2t1w_xfm", "template2t1w_xfm"),
                                        ("outputnode.t1w_template", "t1w_template"),
@@ -276,8 +320,8 @@ def init_single_subject_wf(
         # fmt: off
         workflow.connect([
             (moving[0], coreg_wf, [(moving[1], "inputnode.in_file")]),
-            (brainmask_wf, coreg_wf, [("outputnode.out_brain", "inputnode.t1w_brain"),
-                                      ("outputnode.out_mask", "inputnode.t1w_mask")]),
+            (brainmask_wf, coreg_wf, [(f"{bm}out_brain", "inputnode.t1w_brain"),
+                                      (f"{bm}out_mask", "inputnode.t1w_mask")]),
             (resampled[0], resample_wf, [(resampled[1], "inputnode.in_file")]),
             (inputnode, resample_wf, [("t1w", "inputnode.t1w_reference")]),
             (coreg_wf, resample_wf, [("outputnode.xfm", "inputnode.coreg_xfm")]),

@@ -13,6 +13,24 @@ from niaffine.interfaces.templates import TemplateSource
 from .common import compute_settings
 
 
+def _template_source(template: str, template_mask: str | None) -> pe.Node:
+    node = pe.Node(TemplateSource(template=str(template)), name="template_source")
+    if template_mask:
+        node.inputs.template_mask = str(template_mask)
+    return node
+
+
+def _registration_node(interface, *, dof, metric, seed, device, omp_nthreads, mem_gb) -> pe.Node:
+    """The node running ``interface`` (a registration), with its GPU/CPU resources."""
+    settings = compute_settings(device, omp_nthreads)
+    return pe.Node(interface(dof=dof, metric=metric, random_seed=seed, **settings["inputs"]),
+                   name="registration", n_procs=settings["n_procs"], mem_gb=mem_gb)
+
+
+#: Inputs of ``init_template_wf(precomputed=True)``: a registration done elsewhere.
+PRECOMPUTED_FIELDS = ("t1w2template_xfm", "template2t1w_xfm", "t1w_template", "run_facts")
+
+
 def init_template_wf(
     *,
     template: str = "MNI152NLin2009aSym",
@@ -22,9 +40,10 @@ def init_template_wf(
     device: str = "cpu",
     seed: int = 0,
     omp_nthreads: int = 1,
+    precomputed: bool = False,
     name: str = "template_wf",
 ) -> pe.Workflow:
-    """Register the T1w brain to a template (12 dof by default).
+    """Register the T1w brain to a template (12 dof by default), or take a given registration.
 
     Parameters
     ----------
@@ -44,6 +63,11 @@ def init_template_wf(
         Random seed of the registration.
     omp_nthreads : int
         CPU threads of the registration node.
+    precomputed : bool
+        Do not register: take the registration's outputs as inputs (``t1w2template_xfm``,
+        ``template2t1w_xfm``, ``t1w_template``, ``run_facts``), e.g. from a batched
+        registration of many subjects; the template, its mask and the reportlet are still
+        made here.
     name : str
         Workflow name.
 
@@ -53,6 +77,8 @@ def init_template_wf(
         Skull-stripped T1w.
     t1w_mask
         T1w brain mask.
+    t1w2template_xfm, template2t1w_xfm, t1w_template, run_facts
+        Only with ``precomputed``: the registration's outputs (see Outputs).
 
     Outputs
     -------
@@ -77,10 +103,13 @@ def init_template_wf(
     >>> wf = init_template_wf(dof=9)
     >>> wf.get_node("registration").inputs.dof
     9
+    >>> init_template_wf(precomputed=True).get_node("registration") is None
+    True
     """
-    settings = compute_settings(device, omp_nthreads)
     workflow = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_brain", "t1w_mask"]), name="inputnode")
+    given = list(PRECOMPUTED_FIELDS) if precomputed else []
+    inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_brain", "t1w_mask", *given]),
+                        name="inputnode")
     outputnode = pe.Node(
         niu.IdentityInterface(
             fields=["t1w2template_xfm", "template2t1w_xfm", "t1w_template", "template",
@@ -88,35 +117,113 @@ def init_template_wf(
         ),
         name="outputnode",
     )
-    template_source = pe.Node(TemplateSource(template=str(template)), name="template_source")
-    if template_mask:
-        template_source.inputs.template_mask = str(template_mask)
-    registration = pe.Node(
-        AffineRegistration(dof=dof, metric=metric, random_seed=seed, **settings["inputs"]),
-        name="registration",
-        n_procs=settings["n_procs"],
-        mem_gb=1.5,
-    )
+    template_source = _template_source(template, template_mask)
     template_report = pe.Node(
         RegistrationReport(title=f"T1w to template ({dof} dof)"), name="template_report"
     )
+    # fmt: off
+    workflow.connect([
+        (template_source, template_report, [("template_file", "fixed_image"),
+                                            ("mask_file", "mask_file")]),
+        (template_source, outputnode, [("template_file", "template"),
+                                       ("mask_file", "template_mask")]),
+        (template_report, outputnode, [("out_report", "out_report")]),
+    ])
+    # fmt: on
+    if precomputed:
+        workflow.connect(inputnode, "t1w_template", template_report, "moving_image")
+        workflow.connect([(inputnode, outputnode, [(field, field) for field in PRECOMPUTED_FIELDS])])
+        return workflow
 
+    registration = _registration_node(AffineRegistration, dof=dof, metric=metric, seed=seed,
+                                      device=device, omp_nthreads=omp_nthreads, mem_gb=1.5)
     # fmt: off
     workflow.connect([
         (inputnode, registration, [("t1w_brain", "moving_image"),
                                    ("t1w_mask", "moving_image_mask")]),
         (template_source, registration, [("brain_file", "fixed_image"),
                                          ("mask_file", "fixed_image_mask")]),
-        (template_source, template_report, [("template_file", "fixed_image"),
-                                            ("mask_file", "mask_file")]),
         (registration, template_report, [("warped_image", "moving_image")]),
-        (template_source, outputnode, [("template_file", "template"),
-                                       ("mask_file", "template_mask")]),
         (registration, outputnode, [("composite_transform", "t1w2template_xfm"),
                                     ("inverse_composite_transform", "template2t1w_xfm"),
                                     ("warped_image", "t1w_template"),
                                     ("run_facts", "run_facts")]),
-        (template_report, outputnode, [("out_report", "out_report")]),
+    ])
+    # fmt: on
+    return workflow
+
+
+#: Outputs of :func:`init_batch_template_wf`, one list entry per subject.
+BATCH_FIELDS = ("moving_images", "composite_transforms", "inverse_composite_transforms",
+                "warped_images", "run_facts", "errors", "input_errors")
+
+
+def init_batch_template_wf(
+    *,
+    n_subjects: int,
+    template: str = "MNI152NLin2009aSym",
+    template_mask: str | None = None,
+    dof: int = 12,
+    metric: str = "mi",
+    device: str = "cpu",
+    seed: int = 0,
+    omp_nthreads: int = 1,
+    name: str = "batch_template_wf",
+) -> pe.Workflow:
+    """Register several subjects' T1w brains to a template in one batched engine call.
+
+    Each subject is registered with the options :func:`init_template_wf` uses and gets the
+    same transform (see :func:`niaffine.engine.register_batch`); feed the outputs, item by
+    item through :class:`~niaffine.interfaces.batch.SelectBatchItem`, to
+    ``init_single_subject_wf(precomputed_normalisation=True)``.
+
+    Parameters
+    ----------
+    n_subjects : int
+        Number of T1w brains in the batch (sets the node's memory estimate).
+    template, template_mask, dof, metric, device, seed, omp_nthreads, name
+        As :func:`init_template_wf`.
+
+    Inputs
+    ------
+    t1w_brains, t1w_masks
+        Lists: skull-stripped T1w images and their brain masks.
+
+    Outputs
+    -------
+    moving_images
+        The T1w brains, in order.
+    composite_transforms, inverse_composite_transforms, warped_images, run_facts
+        Lists, per subject: T1w -> template and template -> T1w ITK transforms, the T1w brain
+        in template space and the run facts (``None`` where that subject failed).
+    errors, input_errors
+        Lists, per subject: ``""`` or the one-line reason it failed, and whether bad input
+        caused it.
+
+    Examples
+    --------
+    >>> wf = init_batch_template_wf(n_subjects=4)
+    >>> wf.get_node("registration").inputs.dof
+    12
+    """
+    from niaffine.interfaces.batch import BatchAffineRegistration
+
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_brains", "t1w_masks"]),
+                        name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=list(BATCH_FIELDS)), name="outputnode")
+    template_source = _template_source(template, template_mask)
+    registration = _registration_node(
+        BatchAffineRegistration, dof=dof, metric=metric, seed=seed, device=device,
+        omp_nthreads=omp_nthreads, mem_gb=1.0 + 0.5 * max(1, int(n_subjects)))
+    # fmt: off
+    workflow.connect([
+        (inputnode, registration, [("t1w_brains", "moving_images"),
+                                   ("t1w_masks", "moving_image_masks")]),
+        (template_source, registration, [("brain_file", "fixed_image"),
+                                         ("mask_file", "fixed_image_mask")]),
+        (inputnode, outputnode, [("t1w_brains", "moving_images")]),
+        (registration, outputnode, [(field, field) for field in BATCH_FIELDS[1:]]),
     ])
     # fmt: on
     return workflow

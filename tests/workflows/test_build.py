@@ -228,3 +228,40 @@ def test_multiproc_gpu_accounting(tmp_path, n_gpu_procs, fits):
                 plugin._prerun_check(graph)
     finally:
         plugin.pool.shutdown(wait=False)
+
+
+@pytest.mark.parametrize(("brainmask", "normalisation"), [(True, True), (False, True), (True, False)])
+def test_precomputed_brainmask_and_normalisation(tmp_path, brainmask, normalisation):
+    """Given brain mask / template registration: nothing computes them inside the graph."""
+    wf = init_single_subject_wf(subject_data=_subject(tmp_path, ("T2w",)),
+                                precomputed_brainmask=brainmask,
+                                precomputed_normalisation=normalisation)
+    names = wf.list_node_names()
+    assert ("brainmask_wf.brain_extraction" in names) is not brainmask
+    assert ("anatnode" in names) is brainmask
+    assert ("template_wf.registration" in names) is not normalisation
+    assert ("normnode" in names) is normalisation
+    if normalisation:
+        assert _inputs(wf, "normnode") == {"t1w2template_xfm", "template2t1w_xfm",
+                                           "t1w_template", "template_run_facts"}
+        assert "template_wf.template_report" in names  # the reportlet is still made here
+    assert "coreg_t2w0_wf.registration" in names
+    _check_graph(wf)
+
+
+def test_precomputed_normalisation_ignored_without_template(tmp_path):
+    wf = init_single_subject_wf(subject_data=_subject(tmp_path, ()), output_spaces=["T1w"],
+                                precomputed_normalisation=True)
+    assert "normnode" not in wf.list_node_names()
+
+
+def test_batch_template_wf(tmp_path):
+    from niaffine.workflows.template import BATCH_FIELDS, init_batch_template_wf
+
+    wf = init_batch_template_wf(n_subjects=4, dof=9, device="cuda", seed=3, omp_nthreads=4)
+    registration = wf.get_node("registration")
+    assert (registration.inputs.dof, registration.inputs.random_seed) == (9, 3)
+    assert registration.is_gpu_node() and registration.n_procs == 1
+    assert registration.mem_gb == pytest.approx(3.0)
+    assert _fields(wf, "outputnode") == set(BATCH_FIELDS)
+    _check_graph(wf)
