@@ -221,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="registrations to run at once on the GPU",
     )
     run.add_argument(
+        "--batch-size", dest="batch_size", type=_positive_int, default=1, metavar="N",
+        help="register the T1w brains of N subjects/sessions to the template in one batched "
+        "engine call (keeps a GPU busy; results equal to one by one; default 1)",
+    )
+    run.add_argument(
         "--plugin", default=None, help="Nipype plugin (MultiProc, Linear, SLURM, ...)",
     )
     run.add_argument(

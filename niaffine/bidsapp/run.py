@@ -21,7 +21,7 @@ from niaffine.bidsapp.parser import build_parser
 from niaffine.bidsapp.settings import Settings, from_args
 
 LOGGER = logging.getLogger("niaffine.bidsapp")
-_SUBJECT = re.compile(r"(?:^|\.)sub_([A-Za-z0-9]+?)(?:_ses_([A-Za-z0-9]+))?_(?:wf|ds|report)\b")
+_SUBJECT = re.compile(r"(?:^|\.)sub_([A-Za-z0-9]+?)(?:_ses_([A-Za-z0-9]+))?_(?:wf|ds|report|batch|anat_wf)\b")
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -58,6 +58,7 @@ class Settings:
     mem_gb: float | None = None
     device: str = "cpu"
     n_gpu_procs: int = 1
+    batch_size: int = 1
     plugin: str | None = None
     plugin_args: str | None = None
     use_plugin: Path | None = None
@@ -309,6 +310,7 @@ def from_args(args, *, check_device: bool = True) -> Settings:
         mem_gb=args.mem_gb,
         device=device,
         n_gpu_procs=args.n_gpu_procs,
+        batch_size=args.batch_size,
         plugin=args.plugin,
         plugin_args=args.plugin_args,
         use_plugin=Path(args.use_plugin).resolve() if args.use_plugin else None,

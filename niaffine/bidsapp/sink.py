@@ -33,7 +33,7 @@ OUTPUT_FIELDS = (
 )
 _METRIC_KEYS = {"metric": "Metric", "final_metric": "FinalMetric", "dof": "DOF",
                 "iterations": "Iterations", "elapsed_s": "ElapsedSeconds",
-                "mask_volume_ml": "MaskVolumeML"}
+                "mask_volume_ml": "MaskVolumeML", "batch_size": "BatchSize"}
 
 
 def _as_list(value) -> list:

@@ -4,7 +4,9 @@
 Each subject/session workflow comes from
 :func:`niaffine.workflows.base.init_single_subject_wf`; the BIDS-App adds a sink
 per subject/session and one report node per subject that waits for all its
-sessions.
+sessions. With ``--batch-size N`` (N > 1) and a template space, the T1w-to-template
+registrations of every N subjects/sessions run as one batched engine call
+(``batch_template_<k>_wf``) whose results each subject's graph takes as given.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ def init_niaffine_wf(settings: Settings, subjects: list[dict]):
         "remove_unnecessary_outputs": False,
         "parameterize_dirs": False,
     })
+    batched = settings.batch_size > 1 and settings.template_space is not None
+    singles = []
     by_subject: dict[str, list] = {}
     for data in subjects:
         name = subject_wf_name(data["subject"], data.get("session"))
@@ -88,8 +92,11 @@ def init_niaffine_wf(settings: Settings, subjects: list[dict]):
             device=settings.device,
             seed=settings.random_seed,
             omp_nthreads=settings.omp_nthreads,
+            precomputed_brainmask=batched,
+            precomputed_normalisation=batched,
             name=name,
         )
+        singles.append(single)
         sink = pe.Node(
             SubjectSink(output_dir=str(settings.output_dir), bids_dir=str(settings.bids_dir),
                         subject_data=data, template_space=settings.template_space),
@@ -105,5 +112,64 @@ def init_niaffine_wf(settings: Settings, subjects: list[dict]):
         for i, sink in enumerate(sinks, start=1):
             workflow.connect(sink, "out_files", merge, f"in{i}")
         workflow.connect(merge, "out", report, "in_files")
+    if batched:
+        _connect_batches(workflow, settings, singles)
     LOGGER.info("workflow %s: %d subject/session graphs", workflow.name, len(subjects))
     return workflow
+
+
+def _connect_batches(workflow, settings: Settings, singles: list) -> None:
+    """Register the subjects' T1w brains to the template ``settings.batch_size`` at a time.
+
+    Each subject/session graph gets its brain mask from a ``sub_<label>_anat_wf`` beside it
+    (a graph cannot feed its own inputs: nipype needs a DAG at every level); each chunk of
+    subjects one ``batch_template_<k>_wf``; each subject a ``sub_<label>_batch`` node that
+    takes its item, or fails (in that subject's part of the graph only) with its error.
+    """
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    from niaffine.interfaces.batch import SelectBatchItem
+    from niaffine.workflows.brainmask import init_brainmask_wf
+    from niaffine.workflows.template import BATCH_FIELDS, init_batch_template_wf
+
+    size = settings.batch_size
+    template = str(settings.template) if settings.template else settings.template_space
+    for k, start in enumerate(range(0, len(singles), size)):
+        chunk = singles[start:start + size]
+        batch_wf = init_batch_template_wf(
+            n_subjects=len(chunk), template=template,
+            template_mask=str(settings.template_mask) if settings.template_mask else None,
+            dof=settings.dof, metric=settings.metric, device=settings.device,
+            seed=settings.random_seed, omp_nthreads=settings.omp_nthreads,
+            name=f"batch_template_{k}_wf",
+        )
+        brains = pe.Node(niu.Merge(len(chunk)), name=f"batch_{k}_brains",
+                         run_without_submitting=True)
+        masks = pe.Node(niu.Merge(len(chunk)), name=f"batch_{k}_masks",
+                        run_without_submitting=True)
+        workflow.connect([(brains, batch_wf, [("out", "inputnode.t1w_brains")]),
+                          (masks, batch_wf, [("out", "inputnode.t1w_masks")])])
+        for index, single in enumerate(chunk):
+            stem = single.name[: -len("_wf")]
+            anat_wf = init_brainmask_wf(device=settings.device,
+                                        omp_nthreads=settings.omp_nthreads,
+                                        name=f"{stem}_anat_wf")
+            anat_wf.inputs.inputnode.t1w = single.get_node("inputnode").inputs.t1w
+            item = pe.Node(SelectBatchItem(index=index), run_without_submitting=True,
+                           name=f"{stem}_batch")
+            # fmt: off
+            workflow.connect([
+                (anat_wf, single, [(f"outputnode.{field}", f"anatnode.{field}")
+                                   for field in ("out_brain", "out_mask", "out_report")]),
+                (anat_wf, brains, [("outputnode.out_brain", f"in{index + 1}")]),
+                (anat_wf, masks, [("outputnode.out_mask", f"in{index + 1}")]),
+                (batch_wf, item, [(f"outputnode.{field}", field) for field in BATCH_FIELDS]),
+                (item, single, [("composite_transform", "normnode.t1w2template_xfm"),
+                                ("inverse_composite_transform", "normnode.template2t1w_xfm"),
+                                ("warped_image", "normnode.t1w_template"),
+                                ("run_facts", "normnode.template_run_facts")]),
+            ])
+            # fmt: on
+    LOGGER.info("T1w-to-template registrations in %d batches of up to %d",
+                -(-len(singles) // size), size)

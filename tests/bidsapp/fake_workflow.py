@@ -96,8 +96,9 @@ def fake_outputs(subject_data, template_space, fail_subject, fail_input):
 def init_single_subject_wf(*, subject_data, output_spaces=("T1w", "MNI152NLin2009aSym"),
                            template=None, template_mask=None, dof_template=12, dof_coreg=6,
                            metric="mi", resample_bold=False, device="cpu", seed=0,
-                           omp_nthreads=1, name="single_subject_wf", fail_subject="",
-                           fail_input=""):
+                           omp_nthreads=1, precomputed_brainmask=False,
+                           precomputed_normalisation=False,
+                           name="single_subject_wf", fail_subject="", fail_input=""):
     """Same signature and outputnode as the real factory."""
     workflow = pe.Workflow(name=name)
     spaces = [s for s in output_spaces if s != "T1w"]
