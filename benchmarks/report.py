@@ -160,21 +160,31 @@ def results_markdown(rows: list[dict], summary: list[dict], meta: dict, plot_nam
     if plot_name:
         parts += [f"![error versus time]({plot_name})", ""]
     if batch:
-        parts += ["## Batched GPU throughput", "", batch_table(batch), ""]
+        parts += ["## Batched throughput", "", batch_table(batch), ""]
     parts += ["## Every run", "", cases_table(rows), ""]
     return "\n".join(parts)
 
 
 def batch_table(batch: dict) -> str:
-    """Markdown table of the batched-throughput result."""
-    return "\n".join([
+    """Markdown table of the batched-throughput result, with its device and agreement."""
+    where = batch.get("gpu") or f"{batch.get('device', '?')}, {batch.get('threads', '?')} threads"
+    lines = [
+        f"{batch['pairs']} pairs of {batch.get('contrast', '?')} on {where}; batched / "
+        f"sequential speed-up {batch.get('speedup', float('nan')):.2f}x; largest difference "
+        f"between batched and one-by-one transforms "
+        f"{batch.get('max_batch_difference_mm', float('nan')):.4f} mm.",
+        "",
         "| pairs | mode | seconds | pairs per second | median error (mm) | max error (mm) |",
         "|---|---|---|---|---|---|",
         *(f"| {batch['pairs']} | {mode} | {batch[mode]['seconds']:.2f} "
           f"| {batch[mode]['pairs_per_second']:.2f} | {batch[mode]['median_error_mm']:.3f} "
           f"| {batch[mode]['max_error_mm']:.3f} |" for mode in ("sequential", "batched")
           if mode in batch),
-    ])
+    ]
+    if "peak_gpu_memory_mb" in batch:
+        lines += ["", f"Peak GPU memory: {batch.get('peak_gpu_memory_mb_one', float('nan')):.0f} MB "
+                  f"one by one, {batch['peak_gpu_memory_mb']:.0f} MB batched."]
+    return "\n".join(lines)
 
 
 def update_docs_section(doc_path: Path, summary: list[dict], meta: dict,

@@ -5,7 +5,7 @@ Run from the repository root::
 
     python -m benchmarks.run_benchmarks --cases 10 --out bench-out
     python -m benchmarks.run_benchmarks --cases 10 --update-docs      # also docs/benchmarks/
-    python -m benchmarks.run_benchmarks --device cuda --batch 8         # + GPU throughput
+    python -m benchmarks.run_benchmarks --device cuda --batch 8         # + batched throughput
 
 Each case comes from `niaffine.data.synthetic.make_case` (seeded: ``--seed`` and the case
 index; the T1 and T2-like cases of one index share their true transform). The cases are
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give brain masks to the tools that take them (niaffine, ANTs)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per worker")
     p.add_argument("--batch", type=int, default=0, metavar="B",
-                   help="also measure batched GPU throughput on B pairs (CUDA only)")
+                   help="also measure batched throughput on B pairs on --device (for GPUs)")
     p.add_argument("--update-docs", action="store_true",
                    help="write docs/benchmarks/results.md, the plot and the docs section")
     p.add_argument("--keep-cases", action="store_true",
@@ -216,46 +216,58 @@ def run_worker(tool: str, case: dict, args, workdir: Path) -> dict:
 
 # --- batched GPU throughput -----------------------------------------------------------------
 
-def run_batch(args, device: str = "cuda") -> dict | None:
-    """Pairs per second of ``register_batch`` against one-by-one ``register``.
+def run_batch(args) -> dict | None:
+    """Pairs per second of ``register_batch`` against one-by-one ``register``, on ``--device``.
 
-    The CLI runs it on CUDA only (skipped with a warning otherwise); ``device="cpu"`` exists
-    to exercise the code path on a machine without a GPU.
+    ``B`` cases of the last requested contrast, each on its own moving grid (voxel sizes,
+    orientation, field of view: subjects to one template, as the BIDS-App's ``--batch-size``),
+    registered one by one and then in one call, after a warm-up. Reports both throughputs,
+    both errors and the largest difference between the batched and one-by-one transforms.
     """
     import torch
 
     if args.batch <= 0:
         return None
-    if device == "cuda" and not torch.cuda.is_available():
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
         LOGGER.warning("--batch %d skipped: CUDA is not available", args.batch)
         return None
     from niaffine.engine import register, register_batch
 
-    shape = (200, 250, 170)  # 240 x 250 x 255 mm at the default 1.2 x 1.0 x 1.5 mm voxels
+    torch.set_num_threads(args.threads)
     contrast = args.contrasts[-1]
-    cases = [make_case(case_rng(args.seed + 1000, i), contrast=contrast, dof=args.dof,
-                       moving_shape=shape) for i in range(args.batch)]
+    cases = [make_case(case_rng(args.seed + 1000, i), contrast=contrast, dof=args.dof)
+             for i in range(args.batch)]
     fixed = [c.fixed for c in cases]
     moving = [c.moving for c in cases]
     options = {"metric": "auto", "dof": args.dof, "device": device, "seed": 0}
     register(fixed[0], moving[0], **options)  # warm-up (CUDA context, kernels)
-    out = {"pairs": args.batch, "contrast": contrast, "device": device}
-    if device == "cuda":
+    out = {"pairs": args.batch, "contrast": contrast, "device": device,
+           "threads": args.threads}
+    if device.startswith("cuda"):
         out["gpu"] = torch.cuda.get_device_name()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     seq = [register(f, m, **options).matrix for f, m in zip(fixed, moving)]
     seq_s = time.perf_counter() - start
+    if device.startswith("cuda"):
+        out["peak_gpu_memory_mb_one"] = torch.cuda.max_memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     bat = [r.matrix for r in register_batch(fixed, moving, **options)]
     bat_s = time.perf_counter() - start
-    if device == "cuda":
+    if device.startswith("cuda"):
         out["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     for mode, mats, secs in (("sequential", seq, seq_s), ("batched", bat, bat_s)):
         errors = [mean_displacement(c.true_matrix, m, c.fixed_mask) for c, m in zip(cases, mats)]
         out[mode] = {"seconds": secs, "pairs_per_second": args.batch / secs,
                      "median_error_mm": float(np.median(errors)),
                      "max_error_mm": float(np.max(errors)), "errors_mm": errors}
+    out["speedup"] = seq_s / bat_s
+    out["max_batch_difference_mm"] = float(max(
+        mean_displacement(a, b, c.fixed_mask) for a, b, c in zip(seq, bat, cases)))
     return out
 
 

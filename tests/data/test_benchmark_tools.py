@@ -147,3 +147,19 @@ def test_torchreg_theta_of_a_pure_translation():
     # normalised x runs along the last array axis (world z here), z along the first (world x)
     assert np.allclose(theta[:, 3], [4.0 / 80.0, -3.0 / 120.0, 2.0 / 100.0])
     assert np.allclose(tools.torchreg_theta_to_world(theta, grid, shape), shift)
+
+
+def test_batch_table_names_device_speedup_and_agreement():
+    from benchmarks import report
+
+    mode = {"seconds": 2.0, "pairs_per_second": 4.0, "median_error_mm": 0.06, "max_error_mm": 0.08}
+    batch = {"pairs": 8, "contrast": "T1", "device": "cuda", "gpu": "NVIDIA H200",
+             "sequential": {**mode, "seconds": 8.0, "pairs_per_second": 1.0}, "batched": mode,
+             "speedup": 4.0, "max_batch_difference_mm": 0.0021, "peak_gpu_memory_mb_one": 900.0,
+             "peak_gpu_memory_mb": 6000.0}
+    table = report.batch_table(batch)
+    assert "8 pairs of T1 on NVIDIA H200" in table and "speed-up 4.00x" in table
+    assert "0.0021 mm" in table and "| 8 | batched | 2.00 | 4.00 | 0.060 | 0.080 |" in table
+    assert "900 MB one by one, 6000 MB batched" in table
+    cpu = report.batch_table({**batch, "gpu": None, "threads": 2})
+    assert "on cuda, 2 threads" in cpu
