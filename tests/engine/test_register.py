@@ -530,3 +530,17 @@ def test_cuda_matches_cpu(fixed, affine_case):
     assert gpu.device.startswith("cuda")
     assert C.error_mm(true, gpu.matrix) < AFFINE_MM
     assert C.error_mm(cpu.matrix, gpu.matrix) < 0.05
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batch_on_different_grids_equals_one_by_one(fixed):
+    """The BIDS-App's --batch-size path on a GPU: subjects on their own grids, one call."""
+    trues = [C.true_affine(s, 12) for s in (31, 32, 33)]
+    movings = [C.moving_image(trues[0], voxel_size=(2.5, 3.0, 3.5), orientation="LPS"),
+               C.moving_image(trues[1], oblique_deg=10.0), C.moving_image(trues[2])]
+    batch = register_batch([fixed[0]] * 3, movings, dof=12, device="cuda", **C.FAST)
+    for true, moving, res in zip(trues, movings, batch):
+        single = register(fixed[0], moving, dof=12, device="cuda", **C.FAST)
+        assert C.error_mm(single.matrix, res.matrix) < 0.02
+        assert C.error_mm(true, res.matrix) < AFFINE_MM
