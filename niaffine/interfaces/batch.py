@@ -31,7 +31,7 @@ from nipype.interfaces.base import (
 
 from niaffine.errors import DeviceMemoryError, InputError, RegistrationError
 
-from .common import NodeError, NodeInputError, load_image, resolve_device, torch_threads
+from .common import NodeError, load_image, node_errors, resolve_device, torch_threads
 from .registration import INIT_FROM_ANTS, EngineInputSpec, write_registration
 
 LOGGER = logging.getLogger("niaffine.interfaces.batch")
@@ -239,12 +239,13 @@ class BatchAffineRegistration(SimpleInterface):
     def _run_interface(self, runtime):
         inputs = self.inputs
         masks = list(inputs.moving_image_masks) if isdefined(inputs.moving_image_masks) else None
-        try:
+        fixed_mask = inputs.fixed_image_mask if isdefined(inputs.fixed_image_mask) else None
+        with node_errors("BatchAffineRegistration", fixed_image=inputs.fixed_image,
+                         fixed_image_mask=fixed_mask):
             outputs = register_files_batch(
                 inputs.fixed_image,
                 list(inputs.moving_images),
-                fixed_image_mask=inputs.fixed_image_mask if isdefined(inputs.fixed_image_mask)
-                else None,
+                fixed_image_mask=fixed_mask,
                 moving_image_masks=masks,
                 dof=inputs.dof,
                 metric=inputs.metric,
@@ -255,11 +256,6 @@ class BatchAffineRegistration(SimpleInterface):
                 write_warped=inputs.output_warped_image,
                 newpath=runtime.cwd,
             )
-        except Exception as exc:  # noqa: BLE001 - one line naming the fixed image
-            error = NodeInputError if isinstance(exc, InputError) else NodeError
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise error(f"BatchAffineRegistration failed on fixed_image={inputs.fixed_image}: "
-                        f"{reason}") from exc
 
         def field(key):
             return [None if isinstance(out, Exception) else out[key] for out in outputs]
@@ -311,11 +307,10 @@ class SelectBatchItem(SimpleInterface):
         if not 0 <= k < len(self.inputs.errors):
             raise NodeError(f"SelectBatchItem: index {k} outside a batch of "
                             f"{len(self.inputs.errors)}")
-        if self.inputs.errors[k]:
-            error = NodeInputError if self.inputs.input_errors[k] else NodeError
-            moving = self.inputs.moving_images[k]
-            reason = self.inputs.errors[k].replace(f"{moving}: ", "", 1)
-            raise error(f"BatchAffineRegistration failed on moving_image={moving}: {reason}")
+        if self.inputs.errors[k]:  # the item's own error, worded as the batch node's would be
+            error = InputError if self.inputs.input_errors[k] else RegistrationError
+            with node_errors("BatchAffineRegistration", moving_image=self.inputs.moving_images[k]):
+                raise error(self.inputs.errors[k])
         self._results.update(
             composite_transform=self.inputs.composite_transforms[k],
             inverse_composite_transform=self.inputs.inverse_composite_transforms[k],
