@@ -21,9 +21,12 @@ import numpy as np
 
 from . import __version__
 from .errors import DeviceUnavailableError, InputError, RegistrationError
+from .presets import PRESETS
 
 EXIT_USAGE, EXIT_DATA, EXIT_UNAVAILABLE, EXIT_SOFTWARE, EXIT_CANTCREAT = 2, 65, 69, 70, 73
 METRIC_CHOICES = ("auto", "mi", "nmi", "cr", "ncc", "lncc", "mse")
+#: ``--rotation-search`` words and the engine's ``rotation_search`` values.
+SEARCH_MODES = {"auto": "auto", "always": True, "never": False}
 LOGGER = logging.getLogger("niaffine.register")
 
 
@@ -70,22 +73,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", default="auto", choices=METRIC_CHOICES,
                         help="similarity: mutual information (mi), normalised MI (nmi), "
                              "correlation ratio (cr), global/local normalised cross-correlation "
-                             "(ncc/lncc), mean squared error (mse); auto = mi [default: auto]")
+                             "(ncc/lncc), mean squared error (mse); auto = the preset's (mi; "
+                             "nmi for --preset template) [default: auto]")
     parser.add_argument("--fixed-mask", type=Path, help="binary mask on the FIXED grid")
     parser.add_argument("--moving-mask", type=Path, help="binary mask on the MOVING grid")
     parser.add_argument("--init", default="com",
                         help="initialisation: com (centres of mass), geometric (image centres), "
                              "identity, or a transform file (ITK/FSL/LTA) [default: com]")
-    parser.add_argument("--rotation-search", action="store_true",
-                        help="search rotations (+-45 degrees) at the coarsest level first, for "
-                             "badly misaligned images")
+    parser.add_argument("--rotation-search", nargs="?", const="always", default="auto",
+                        choices=("auto", "always", "never"),
+                        help="search rotations at the coarsest level: auto (only when a turn "
+                             "of 45/90 degrees beats the coarse answer, i.e. for badly "
+                             "misaligned images), always (the bare flag), never [default: auto]")
     parser.add_argument("--freeze", nargs="+", default=(), metavar="GROUP",
                         choices=("translation", "rotation", "zoom", "shear"),
                         help="parameter groups held at their initial value")
-    parser.add_argument("--levels", type=_levels, default=(8.0, 4.0, 2.0, 1.0),
-                        help="pyramid spacings in mm, coarse to fine [default: '8 4 2 1']")
-    parser.add_argument("--samples", type=_positive_int, default=100_000,
-                        help="metric sample points per level [default: 100000]")
+    parser.add_argument("--levels", type=_levels, default=None,
+                        help="pyramid spacings in mm, coarse to fine [default: the preset's, "
+                             "'8 4 2 1']")
+    parser.add_argument("--samples", type=_positive_int, default=None,
+                        help="metric sample points per level [default: the preset's, 100000]")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="default",
+                        help="engine settings for the job: default (one anatomy seen twice, "
+                             "e.g. T2w or BOLD to T1w), template (a subject's brain to a "
+                             "template brain), fast (no 1 mm level, fewer samples); options "
+                             "given explicitly win [default: default]")
     parser.add_argument("--out-image", type=Path, help="MOVING resampled into FIXED space")
     parser.add_argument("--interpolation", choices=("linear", "nearest", "cubic"), default="linear",
                         help="interpolation for --out-image [default: linear]")
@@ -96,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run facts: matrix, parameters, metric per level, timings")
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda or cuda:N [default: auto]")
-    parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch")
+    parser.add_argument("--threads", type=_positive_int,
+                        help="CPU threads [default: the CPUs this process may use, from its "
+                             "CPU affinity and cgroup quota]")
     parser.add_argument("--seed", type=int, default=0, help="random seed [default: 0]")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output (-vv for debug)")
@@ -140,13 +154,12 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed command line; returns the exit code."""
-    import torch
+    from . import threads
 
+    threads.configure(args.threads)  # before torch loads: OpenMP reads its wait policy once
     from .engine import register
     from .io import load_image, load_transform, transform_format
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     for path in (args.output, args.out_fsl, args.out_lta, args.out_inverse):
         if path is not None:
             transform_format(path)
@@ -162,11 +175,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"niaffine {__version__}: {args.moving} -> {args.fixed} (dof {args.dof}, "
               f"metric {args.metric})", file=sys.stderr)
     progress = _Progress(args.quiet)
+    given = {"metric": None if args.metric == "auto" else args.metric, "levels_mm": args.levels,
+             "max_samples": args.samples}
     result = register(
         fixed, moving, fixed_mask=fmask, moving_mask=mmask, initial_matrix=initial, dof=args.dof,
-        metric=args.metric, init=init, rotation_search=args.rotation_search, frozen=args.freeze,
-        levels_mm=args.levels, max_samples=args.samples, device=args.device, seed=args.seed,
-        callback=progress,
+        init=init, rotation_search=SEARCH_MODES[args.rotation_search], frozen=args.freeze,
+        preset=args.preset, device=args.device, seed=args.seed, callback=progress,
+        **{k: v for k, v in given.items() if v is not None},
     )
     progress.finish_level()
     _write_outputs(args, result, fixed, moving)

@@ -70,8 +70,12 @@ def test_parser_requires_the_output_and_both_images(capsys):
 
 def test_parser_defaults_and_values():
     args = build_parser().parse_args(["f.nii", "m.nii", "-o", "x.txt"])
-    assert (args.dof, args.metric, args.init, args.levels, args.samples, args.device, args.seed) == \
-        (12, "auto", "com", (8.0, 4.0, 2.0, 1.0), 100_000, "auto", 0)
+    assert (args.dof, args.metric, args.init, args.levels, args.samples, args.device, args.seed,
+            args.preset, args.rotation_search) == \
+        (12, "auto", "com", None, None, "auto", 0, "default", "auto")
+    args = build_parser().parse_args(["f.nii", "m.nii", "-o", "x.txt", "--rotation-search",
+                                      "--preset", "template"])
+    assert (args.rotation_search, args.preset) == ("always", "template")
     args = build_parser().parse_args(["f.nii", "m.nii", "-o", "x.txt", "--dof", "7", "--levels", "6,3",
                                       "--freeze", "zoom", "shear", "--metric", "ncc"])
     assert args.dof == 7 and args.levels == (6.0, 3.0) and args.freeze == ["zoom", "shear"]

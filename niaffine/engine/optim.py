@@ -49,6 +49,19 @@ class OptimisationReport:
     item_evaluations: list[int] | None = None
     item_converged: list[bool] | None = None
 
+    def then(self, later: OptimisationReport) -> OptimisationReport:
+        """The report of this run followed by ``later`` on the same items (counts add up)."""
+
+        def add(a, b):
+            if a is None or b is None:
+                return None
+            return [x + y for x, y in zip(a, b)]
+
+        return OptimisationReport(
+            self.iterations + later.iterations, self.evaluations + later.evaluations,
+            later.converged, later.loss, add(self.item_iterations, later.item_iterations),
+            add(self.item_evaluations, later.item_evaluations), later.item_converged)
+
     def for_item(self, b: int) -> tuple[int, int, bool]:
         """``(iterations, evaluations, converged)`` of batch item ``b``."""
         if self.item_iterations is None:

@@ -35,31 +35,42 @@ def gaussian_kernel(sigma: float, *, truncate: float = 3.0, dtype=torch.float32,
 def gaussian_smooth(data: torch.Tensor, sigma_vox) -> torch.Tensor:
     """Separable Gaussian smoothing of ``[B, C, *spatial]`` data, replicate-padded.
 
+    Each axis is one weighted sum of shifted views of the padded data: for these small
+    single-channel kernels that is several times cheaper on a CPU than ``conv3d``.
+
     Parameters
     ----------
     data : (B, C, *spatial) tensor
     sigma_vox : sequence of float
         Standard deviation along each spatial axis in voxels; zeros skip that axis.
+
+    Examples
+    --------
+    >>> x = torch.zeros(1, 1, 9, 9, 9); x[0, 0, 4, 4, 4] = 1.0
+    >>> y = gaussian_smooth(x, [1.0, 1.0, 0.0])
+    >>> round(float(y.sum()), 5), float(y[0, 0, 4, 4, 4]) < 1.0, float(y[0, 0, 4, 4, 3])
+    (1.0, True, 0.0)
     """
     ndim = data.ndim - 2
-    conv = F.conv3d if ndim == 3 else F.conv2d
-    b, c = data.shape[:2]
-    out = data.reshape(b * c, 1, *data.shape[2:])
+    out = data
     for axis, sigma in enumerate(sigma_vox):
         if sigma <= 0.05:
             continue
-        kernel = gaussian_kernel(float(sigma), dtype=data.dtype, device=data.device)
+        dim = 2 + axis
+        kernel = gaussian_kernel(float(sigma), dtype=torch.float64)
         radius = kernel.numel() // 2
-        if radius >= out.shape[2 + axis]:
-            radius = out.shape[2 + axis] - 1
-            kernel = gaussian_kernel(float(sigma), truncate=radius / sigma, dtype=data.dtype,
-                                     device=data.device)
-        shape = [1, 1] + [1] * ndim
-        shape[2 + axis] = kernel.numel()
+        if radius >= out.shape[dim]:
+            radius = out.shape[dim] - 1
+            kernel = gaussian_kernel(float(sigma), truncate=radius / sigma, dtype=torch.float64)
         pad = [0, 0] * ndim
         pad[2 * (ndim - 1 - axis)] = pad[2 * (ndim - 1 - axis) + 1] = radius
-        out = conv(F.pad(out, pad, mode="replicate"), kernel.reshape(shape))
-    return out.reshape(b, c, *out.shape[2:])
+        padded = F.pad(out, pad, mode="replicate")
+        length = out.shape[dim]
+        smoothed = padded.narrow(dim, 0, length) * float(kernel[0])
+        for offset in range(1, kernel.numel()):
+            smoothed.add_(padded.narrow(dim, offset, length), alpha=float(kernel[offset]))
+        out = smoothed
+    return out
 
 
 def downsample(data: torch.Tensor, affine: np.ndarray, factors) -> tuple[torch.Tensor, np.ndarray]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import DeviceMemoryError, DeviceUnavailableError, InputError
+from ..presets import preset_options
 from . import metrics as M
 from .frames import voxel_centres
 from .initialise import INITS, centre_of_mass, geometric_centre, rotation_candidates
@@ -38,6 +39,8 @@ from .volume import Volume, as_volume, robust_normalise
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_LEVELS_MM = (8.0, 4.0, 2.0, 1.0)
+#: Normalised intensity above which a voxel is foreground (head or brain, not air).
+FOREGROUND = 0.05
 #: Loss added per unit of overlap lost beyond half of a level's starting overlap.
 OVERLAP_PENALTY = 4.0
 
@@ -86,11 +89,15 @@ def register(fixed, moving, *, fixed_mask=None, moving_mask=None, initial_matrix
                           initial_matrices=inits, **options)[0]
 
 
-def register_batch(fixed: Sequence, moving: Sequence, **options) -> list[RegistrationResult]:
+def register_batch(fixed: Sequence, moving: Sequence, *, preset: str | None = None,
+                   **options) -> list[RegistrationResult]:
     """Register ``B`` independent pairs of images in one batched optimisation.
 
     Parameters
     ----------
+    preset : str, optional
+        ``default``, ``template`` (brain-to-template normalisation) or ``fast``: a named set
+        of the options below (see :mod:`niaffine.presets`); explicit options win.
     fixed, moving : sequence of images
         ``B`` fixed and ``B`` moving images (each a nibabel image, list of channel images or
         Volume). Fixed images share a shape and voxel size among themselves (e.g. one
@@ -106,9 +113,14 @@ def register_batch(fixed: Sequence, moving: Sequence, **options) -> list[Registr
         ``loss(fixed (B, C, N), moving (B, C, N), weight (B, N)) -> (B,)`` is used as is.
     init : str
         ``com`` (centre of mass, default), ``geometric`` (field-of-view centres) or ``identity``.
-    rotation_search : bool
+    rotation_search : bool or "auto"
         Search rotations on a grid of Euler angles (within ``search_max_deg``, every
-        ``search_step_deg``) at the coarsest level before optimising.
+        ``search_step_deg``) at the coarsest level. The coarsest level is optimised rigidly
+        first, then with every degree of freedom. ``"auto"`` (default) probes rotations of 45
+        and 90 degrees about each axis from the rigid answer (a dozen metric evaluations):
+        only if a probe beats the answer, which happens when the inputs were badly
+        misaligned, is the search run and the level optimised again from its best candidate.
+        ``True`` always searches first.
     levels_mm : sequence of float
         Pyramid spacings in mm, coarse to fine; spacings finer than the fixed image's voxels
         collapse onto its native grid.
@@ -150,6 +162,7 @@ def register_batch(fixed: Sequence, moving: Sequence, **options) -> list[Registr
     -------
     list of RegistrationResult
     """
+    options = preset_options(preset, options)
     try:
         return _register_batch(fixed, moving, **options)
     except torch.cuda.OutOfMemoryError as err:
@@ -171,7 +184,7 @@ def _register_batch(
     dof: int = 12,
     metric: str | Callable = "auto",
     init: str = "com",
-    rotation_search: bool = False,
+    rotation_search: bool | str = "auto",
     search_max_deg: float = 45.0,
     search_step_deg: float = 22.5,
     levels_mm: Sequence[float] = DEFAULT_LEVELS_MM,
@@ -290,18 +303,36 @@ def _register_batch(
             shortfall = (0.5 - kept / start_overlap).clamp_min(0)
             return loss + OVERLAP_PENALTY * shortfall.detach()
 
+        def optimise(groups=None, cap=iters[li], li=li, spacing=spacing, objective=objective):
+            return Optimiser(
+                params.optimised() if groups is None else groups, optimizer=optimizer,
+                optimizer_kwargs=optimizer_kwargs,
+                max_iterations=cap, tolerance_mm=tolerance_mm, tolerance=tolerance,
+                max_step_mm=max(2.0, float(spacing)), partial=True,
+                callback=None if callback is None else (
+                    lambda it, loss, li=li, sp=spacing: callback(li, sp, it, loss)),
+            ).run(objective)
+
+        search = rotation_search is True
         if li == 0:
             _check_overlap(problem, params, fix, mov)
-            if rotation_search:
+            start_state = {k: v.detach().clone() for k, v in params.state_dict().items()}
+            if search:
                 _rotation_search(params, objective, search_max_deg, search_step_deg, tolerance)
-        opt = Optimiser(
-            params.optimised(), optimizer=optimizer, optimizer_kwargs=optimizer_kwargs,
-            max_iterations=iters[li], tolerance_mm=tolerance_mm, tolerance=tolerance,
-            max_step_mm=max(2.0, float(spacing)), partial=True,
-            callback=None if callback is None else (
-                lambda it, loss, li=li, sp=spacing: callback(li, sp, it, loss)),
-        )
-        rep = opt.run(objective)
+        rigid = [getattr(params, g) for g in ("translation", "rotation") if g in params.active]
+        staged = li == 0 and len(rigid) < len(params.active) and "rotation" in params.active
+        # Rigid first at the coarsest level (as ANTs' Rigid -> Affine stages and FLIRT's
+        # 6 -> 12 dof): zooms and shears freed too early let it settle in a wrong, distorted
+        # basin. The stages share the level's iteration cap.
+        first_cap = max(1, iters[li] // 2) if staged else iters[li]
+        rep = optimise(rigid if staged else None, cap=first_cap)
+        if li == 0 and rotation_search == "auto" and _probe_beats(params, objective, rep.loss):
+            LOGGER.info("a rotated start beats the coarse answer: searching rotations")
+            params.load_state_dict(start_state)
+            _rotation_search(params, objective, search_max_deg, search_step_deg, tolerance)
+            rep = optimise(rigid if staged else None, cap=first_cap)
+        if staged:
+            rep = rep.then(optimise(cap=max(1, iters[li] - rep.iterations)))
         seconds = time.perf_counter() - t0
         LOGGER.info("level %.2g mm: %d iterations, %d evaluations, loss %s, %.2f s", spacing,
                     rep.iterations, rep.evaluations, rep.loss.tolist(), seconds)
@@ -408,7 +439,7 @@ def _level_problem(fixed_level, moving_level, fmask_level, mmask_level, *, dense
     if fmask_level is not None:
         region = (fmask_level[0] > 0.5).float()
     else:
-        foreground = (f_data.sum(1, keepdim=True) > 0.05).float()
+        foreground = (f_data.sum(1, keepdim=True) > FOREGROUND).float()
         region = dilate(foreground, 2) if band == 0 else foreground
     if band > 0:
         inner = erode(region, band)
@@ -421,13 +452,13 @@ def _level_problem(fixed_level, moving_level, fmask_level, mmask_level, *, dense
         extent = grid_extent(moving_extent, m_data.shape[2:]).to(device=device, dtype=m_data.dtype)
     mmask = None if mmask_level is None else (mmask_level[0] > 0.5).float()
     if dense:
-        points = dense_points(f_data.shape[2:], f_aff).to(device)
+        points = dense_points(f_data.shape[2:], f_aff).to(device=device, dtype=m_data.dtype)
         return LevelProblem(points, f_data, region.float(), m_data, mmask, m_to_grid,
                             dense_shape=tuple(f_data.shape[2:]), moving_extent=extent)
     points, values, weights = sample_points(f_data, f_aff, region, max_samples=max_samples,
                                             generators=generators)
-    return LevelProblem(points.to(device), values.to(device), weights.to(device), m_data, mmask,
-                        m_to_grid, moving_extent=extent)
+    return LevelProblem(points.to(device=device, dtype=m_data.dtype), values.to(device),
+                        weights.to(device), m_data, mmask, m_to_grid, moving_extent=extent)
 
 
 def _check_overlap(problem: LevelProblem, params, fix, mov) -> None:
@@ -479,6 +510,31 @@ def _rotation_search(params: AffineParameters, objective, max_deg, step_deg, tol
         params.rotation.copy_(best_rot)
         params.translation.copy_(best_tr)
     LOGGER.info("rotation search: %d candidates, best loss %s", len(candidates), best_loss.tolist())
+
+
+def _probe_beats(params: AffineParameters, objective, loss: torch.Tensor,
+                 angles_deg=(45.0, 90.0)) -> bool:
+    """Whether rotating any item's answer by 45/90 degrees about an axis lowers its loss.
+
+    A coarse answer in the right basin is not beaten by such large turns; one stuck in a wrong
+    basin (the inputs were rotated far from each other) usually is.
+    """
+    if "rotation" not in params.active:
+        return False
+    probes = [np.deg2rad(sign * a) * np.eye(params.ndim if params.ndim == 3 else 1)[axis]
+              for a in angles_deg for sign in (-1.0, 1.0)
+              for axis in range(3 if params.ndim == 3 else 1)]
+    base = params.rotation.detach().clone()
+    candidates = torch.as_tensor(
+        _compose_rotations(np.array(probes), (base / params.radius).cpu().numpy()),
+        device=base.device, dtype=base.dtype) * params.radius
+    beaten = torch.zeros_like(loss, dtype=torch.bool)
+    with torch.no_grad():
+        for cand in candidates:
+            params.rotation.copy_(cand)
+            beaten |= objective() < loss.to(cand.dtype) - 1e-4 * loss.abs()
+        params.rotation.copy_(base)
+    return bool(beaten.any())
 
 
 def _compose_rotations(candidates: np.ndarray, base: np.ndarray) -> np.ndarray:

@@ -115,6 +115,7 @@ def register_files_batch(
     dof: int = 12,
     metric: str = "auto",
     init: str = "com",
+    preset: str = "default",
     device: str = "cpu",
     seed: int = 0,
     num_threads: int | None = None,
@@ -136,7 +137,7 @@ def register_files_batch(
         Mask on the fixed grid.
     moving_image_masks : list of str, optional
         One mask per moving image, on its grid.
-    dof, metric, init, device, seed, num_threads, write_warped, newpath
+    dof, metric, init, preset, device, seed, num_threads, write_warped, newpath
         As :func:`niaffine.interfaces.registration.register_files`.
 
     Returns
@@ -165,8 +166,8 @@ def register_files_batch(
         except InputError as err:
             loaded[k] = err
             movings.pop(k, None)
-    options = {"dof": int(dof), "metric": metric, "init": init, "device": device,
-               "seed": int(seed)}
+    options = {"dof": int(dof), "init": init, "device": device, "seed": int(seed),
+               "preset": preset} | ({} if metric == "auto" else {"metric": metric})
     with torch_threads(num_threads):
         if movings:
             loaded.update(register_in_batches(fixed, movings, masks, fixed_mask, options))
@@ -250,6 +251,7 @@ class BatchAffineRegistration(SimpleInterface):
                 dof=inputs.dof,
                 metric=inputs.metric,
                 init=INIT_FROM_ANTS[inputs.initial_moving_transform_com],
+                preset=inputs.preset,
                 device=resolve_device(inputs.device, inputs.use_gpu),
                 seed=inputs.random_seed,
                 num_threads=inputs.num_threads,

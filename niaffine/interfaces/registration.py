@@ -24,6 +24,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from niaffine.presets import PRESETS
+
 from .common import derived_name, load_image, node_errors, resolve_device, torch_threads
 
 LOGGER = logging.getLogger("niaffine.interfaces.registration")
@@ -87,8 +89,9 @@ def register_files(
     metric: str = "auto",
     init: str = "com",
     initial_moving_transform: str | None = None,
-    rotation_search: bool = False,
+    rotation_search: bool | str = "auto",
     levels_mm: tuple[float, ...] | None = None,
+    preset: str = "default",
     device: str = "cpu",
     seed: int = 0,
     num_threads: int | None = None,
@@ -112,10 +115,14 @@ def register_files(
     initial_moving_transform : str, optional
         A transform file (ITK ``.txt``/``.tfm``, FSL ``.mat`` or ``.lta``) mapping fixed to
         moving points, the starting point of the optimisation.
-    rotation_search : bool
-        Search over coarse rotations before optimising (large misalignments).
+    rotation_search : bool or "auto"
+        Search over coarse rotations: ``"auto"`` only when the inputs turn out badly
+        misaligned, ``True`` always, ``False`` never.
     levels_mm : tuple of float, optional
         Pyramid spacings in mm, coarse to fine (the engine's default when ``None``).
+    preset : str
+        Engine preset (:data:`niaffine.engine.PRESETS`): ``template`` for brain-to-template
+        normalisation; the metric and levels given here win over it.
     device : str
         Torch device.
     seed : int
@@ -145,7 +152,7 @@ def register_files(
         fixed_mask = load_image(fixed_image_mask, role="fixed mask", ndim=(2, 3))
     if moving_image_mask:
         moving_mask = load_image(moving_image_mask, role="moving mask", ndim=(2, 3))
-    options = {}
+    options = {} if metric == "auto" else {"metric": metric}
     if levels_mm:
         options["levels_mm"] = tuple(float(v) for v in levels_mm)
     initial_matrix = None
@@ -159,12 +166,12 @@ def register_files(
             fixed,
             moving,
             dof=int(dof),
-            metric=metric,
+            preset=preset,
             fixed_mask=fixed_mask,
             moving_mask=moving_mask,
             init=init,
             initial_matrix=initial_matrix,
-            rotation_search=bool(rotation_search),
+            rotation_search=rotation_search if rotation_search == "auto" else bool(rotation_search),
             device=device,
             seed=int(seed),
             **options,
@@ -262,8 +269,12 @@ class EngineInputSpec(BaseInterfaceInputSpec):
     fixed_image_mask = File(exists=True, desc="mask on the fixed grid: metric evaluated inside")
     dof = traits.Enum(12, 9, 7, 6, 3, usedefault=True, desc="degrees of freedom")
     metric = traits.Enum(
-        "auto", "mi", "cr", "ncc", "lncc", "mse", usedefault=True,
-        desc="similarity metric (auto: mutual information)",
+        "auto", "mi", "nmi", "cr", "ncc", "lncc", "mse", usedefault=True,
+        desc="similarity metric (auto: the preset's, mutual information by default)",
+    )
+    preset = traits.Enum(
+        *PRESETS, usedefault=True,
+        desc="engine preset: default (within subject), template (brain to template), fast",
     )
     initial_moving_transform_com = traits.Enum(
         1, 0, 2, usedefault=True,
@@ -287,8 +298,9 @@ class _AffineRegistrationInputSpec(EngineInputSpec):
     initial_moving_transform = File(
         exists=True, desc="initial transform (ITK/FSL/LTA), fixed -> moving points"
     )
-    rotation_search = traits.Bool(
-        False, usedefault=True, desc="search coarse rotations first (large misalignments)"
+    rotation_search = traits.Either(
+        traits.Enum("auto"), traits.Bool, default="auto", usedefault=True,
+        desc="search coarse rotations: 'auto' (when badly misaligned), True (always), False",
     )
     levels_mm = traits.List(
         traits.Float, minlen=1, desc="pyramid spacings in mm, coarse to fine (engine default)"
@@ -347,6 +359,7 @@ class AffineRegistration(SimpleInterface):
                 initial_moving_transform=given(inputs.initial_moving_transform),
                 rotation_search=inputs.rotation_search,
                 levels_mm=given(inputs.levels_mm),
+                preset=inputs.preset,
                 device=resolve_device(inputs.device, inputs.use_gpu),
                 seed=inputs.random_seed,
                 num_threads=inputs.num_threads,

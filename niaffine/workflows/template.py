@@ -21,9 +21,15 @@ def _template_source(template: str, template_mask: str | None) -> pe.Node:
 
 
 def _registration_node(interface, *, dof, metric, seed, device, omp_nthreads, mem_gb) -> pe.Node:
-    """The node running ``interface`` (a registration), with its GPU/CPU resources."""
+    """The node running ``interface`` (a brain-to-template registration), with its resources.
+
+    Brains are registered without masks and with the engine's ``template`` preset: the
+    outline of the brain is the feature two anatomies share best, and masks would take the
+    background (hence the outline) out of the metric (see :mod:`niaffine.presets`).
+    """
     settings = compute_settings(device, omp_nthreads)
-    return pe.Node(interface(dof=dof, metric=metric, random_seed=seed, **settings["inputs"]),
+    return pe.Node(interface(dof=dof, metric=metric, random_seed=seed, preset="template",
+                             **settings["inputs"]),
                    name="registration", n_procs=settings["n_procs"], mem_gb=mem_gb)
 
 
@@ -36,7 +42,7 @@ def init_template_wf(
     template: str = "MNI152NLin2009aSym",
     template_mask: str | None = None,
     dof: int = 12,
-    metric: str = "mi",
+    metric: str = "auto",
     device: str = "cpu",
     seed: int = 0,
     omp_nthreads: int = 1,
@@ -56,7 +62,8 @@ def init_template_wf(
     dof : {3, 6, 7, 9, 12}
         Degrees of freedom.
     metric : str
-        ``mi``, ``cr``, ``ncc``, ``lncc``, ``mse`` or ``auto``.
+        ``auto`` (the engine's ``template`` preset: normalised mutual information), ``mi``,
+        ``nmi``, ``cr``, ``ncc``, ``lncc`` or ``mse``.
     device : str
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto``; a CUDA node is marked for nipype's GPU slots.
     seed : int
@@ -76,7 +83,7 @@ def init_template_wf(
     t1w_brain
         Skull-stripped T1w.
     t1w_mask
-        T1w brain mask.
+        T1w brain mask (brains are registered without masks, see ``_registration_node``).
     t1w2template_xfm, template2t1w_xfm, t1w_template, run_facts
         Only with ``precomputed``: the registration's outputs (see Outputs).
 
@@ -139,10 +146,8 @@ def init_template_wf(
                                       device=device, omp_nthreads=omp_nthreads, mem_gb=1.5)
     # fmt: off
     workflow.connect([
-        (inputnode, registration, [("t1w_brain", "moving_image"),
-                                   ("t1w_mask", "moving_image_mask")]),
-        (template_source, registration, [("brain_file", "fixed_image"),
-                                         ("mask_file", "fixed_image_mask")]),
+        (inputnode, registration, [("t1w_brain", "moving_image")]),
+        (template_source, registration, [("brain_file", "fixed_image")]),
         (registration, template_report, [("warped_image", "moving_image")]),
         (registration, outputnode, [("composite_transform", "t1w2template_xfm"),
                                     ("inverse_composite_transform", "template2t1w_xfm"),
@@ -164,7 +169,7 @@ def init_batch_template_wf(
     template: str = "MNI152NLin2009aSym",
     template_mask: str | None = None,
     dof: int = 12,
-    metric: str = "mi",
+    metric: str = "auto",
     device: str = "cpu",
     seed: int = 0,
     omp_nthreads: int = 1,
@@ -218,10 +223,8 @@ def init_batch_template_wf(
         omp_nthreads=omp_nthreads, mem_gb=1.0 + 0.5 * max(1, int(n_subjects)))
     # fmt: off
     workflow.connect([
-        (inputnode, registration, [("t1w_brains", "moving_images"),
-                                   ("t1w_masks", "moving_image_masks")]),
-        (template_source, registration, [("brain_file", "fixed_image"),
-                                         ("mask_file", "fixed_image_mask")]),
+        (inputnode, registration, [("t1w_brains", "moving_images")]),
+        (template_source, registration, [("brain_file", "fixed_image")]),
         (inputnode, outputnode, [("t1w_brains", "moving_images")]),
         (registration, outputnode, [(field, field) for field in BATCH_FIELDS[1:]]),
     ])
