@@ -88,6 +88,8 @@ def load_layout(bids_dir, database_dir=None):
     if database_dir is not None:
         Path(database_dir).mkdir(parents=True, exist_ok=True)
         kwargs["database_path"] = str(database_dir)
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         return BIDSLayout(str(bids_dir), validate=False,
                           indexer=BIDSLayoutIndexer(validate=False, ignore=list(IGNORE)),
@@ -95,6 +97,11 @@ def load_layout(bids_dir, database_dir=None):
     except (BIDSValidationError, ValueError) as exc:
         raise errors.BidsAppError(f"{bids_dir} is not a BIDS dataset: {exc}",
                                   errors.EXIT_BIDS_INVALID) from None
+    except SQLAlchemyError as exc:  # a damaged or foreign --bids-database-dir
+        reason = str(exc).splitlines()[0]
+        raise errors.BidsAppError(
+            f"--bids-database-dir {database_dir} holds no usable pybids index ({reason}): "
+            "remove it, or give another folder", errors.EXIT_USAGE) from None
 
 
 def check_filters(layout, bids_filters) -> dict:

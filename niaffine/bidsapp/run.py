@@ -26,6 +26,8 @@ from niaffine.bidsapp.parser import build_parser
 from niaffine.bidsapp.settings import Settings, from_args, make_dirs
 
 LOGGER = logging.getLogger("niaffine.bidsapp")
+#: How long a batch plugin (SLURM...) waits for a finished job's result file to appear.
+JOB_FINISHED_TIMEOUT_S = 60
 _SUBJECT = re.compile(r"(?:^|\.)sub_([A-Za-z0-9]+?)(?:_ses_([A-Za-z0-9]+))?_(?:wf|ds|report|batch|anat_wf)\b")
 
 
@@ -236,6 +238,8 @@ def _run_workflow(settings: Settings, tree: drv.OutputTree, usable, chosen, prog
         # nipype waits this long between scheduling rounds (default 2 s): on a cached
         # rerun every level of the graph costs one round, so keep it short locally.
         workflow.config["execution"]["poll_sleep_duration"] = 0.2
+    else:  # a batch job's result file may show up late on NFS (nipype waits 5 s, then fails)
+        workflow.config["execution"]["job_finished_timeout"] = JOB_FINISHED_TIMEOUT_S
     if settings.device.startswith("cuda"):
         from niaffine.bidsapp.plugin import gpu_request, mark_gpu_nodes
 
