@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import re
+import uuid
 from pathlib import Path
 
 import nibabel as nb
@@ -22,6 +23,15 @@ from .errors import InputError
 
 #: Transform formats by file extension.
 TRANSFORM_FORMATS = {".txt": "itk", ".tfm": "itk", ".mat": "fsl", ".lta": "lta"}
+#: Plausible voxel sizes (mm): from ex-vivo and small-animal scans to thick clinical slices.
+VOXEL_SIZE_RANGE_MM = (0.01, 20.0)
+#: Largest plausible field of view along one axis (mm).
+MAX_EXTENT_MM = 1000.0
+#: Largest plausible distance of an image's centre from the scanner's origin (mm).
+MAX_CENTRE_MM = 5000.0
+#: Names of niaffine's temporary files: ``.tmp-<12 hex digits>-<final name>``, beside the
+#: final file and renamed onto it (see :func:`atomic_path`).
+TEMP_NAME = re.compile(r"^\.tmp-[0-9a-f]{12}-.")
 
 
 def load_image(path, *, role: str = "image", ndim=(2, 3), check_values: bool = True):
@@ -55,24 +65,88 @@ def load_image(path, *, role: str = "image", ndim=(2, 3), check_values: bool = T
         data = np.asanyarray(img.dataobj)
     except Exception as err:
         raise InputError(f"{path}: {role} is corrupt or truncated ({_short(err)})") from None
-    shape = data.shape
-    while len(shape) > min(ndim) and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) not in tuple(ndim):
-        want = " or ".join(f"{d}D" for d in ndim)
-        raise InputError(f"{path}: {role} must be {want}, got shape {data.shape}")
+    shape = spatial_shape(data.shape, ndim, path=path, role=role)
     if check_values:
         if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
             raise InputError(f"{path}: {role} contains NaN or infinite values")
         if not data.any():
             raise InputError(f"{path}: {role} is all zero")
     affine = img.affine
-    if affine is None or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise InputError(f"{path}: {role} has a singular or missing voxel-to-world matrix")
+    check_geometry(affine, shape, path=path, role=role)
     header = img.header if isinstance(img, nb.Nifti1Image) else None
     out = nb.Nifti1Image(data.reshape(shape), affine, header)
     out.set_filename(str(path))
     return out
+
+
+def spatial_shape(shape, ndim=(2, 3), *, path="", role: str = "image") -> tuple[int, ...]:
+    """``shape`` without trailing singleton dimensions, checked against ``ndim``.
+
+    Examples
+    --------
+    >>> spatial_shape((10, 11, 12, 1), (3,))
+    (10, 11, 12)
+    >>> spatial_shape((10, 11, 12, 2), (3,), path="t1.nii.gz", role="T1w image")
+    Traceback (most recent call last):
+    ...
+    niaffine.errors.InputError: t1.nii.gz: T1w image must be 3D, got shape (10, 11, 12, 2)
+    """
+    ndim = tuple(ndim)
+    out = tuple(int(n) for n in shape)
+    while len(out) > min(ndim) and out[-1] == 1:
+        out = out[:-1]
+    if len(out) not in ndim:
+        want = " or ".join(f"{d}D" for d in ndim)
+        raise InputError(f"{path}: {role} must be {want}, got shape {tuple(shape)}")
+    return out
+
+
+def check_geometry(affine, shape, *, path="", role: str = "image") -> None:
+    """Refuse a voxel-to-world matrix no brain MRI has: one line naming the file.
+
+    Voxel sizes (the lengths of the matrix's columns) must lie in
+    :data:`VOXEL_SIZE_RANGE_MM`, the field of view along every axis must be at most
+    :data:`MAX_EXTENT_MM`, and its centre within :data:`MAX_CENTRE_MM` of the scanner's
+    origin. A header whose voxel sizes were scaled by mistake (x1000 for metres, x1e6) would
+    otherwise register to a nonsense transform.
+
+    Parameters
+    ----------
+    affine : (4, 4) array
+        Voxel-to-world (mm) matrix.
+    shape : sequence of int
+        Spatial shape (2 or 3 dimensions; a 4th, time, is ignored).
+
+    Examples
+    --------
+    >>> check_geometry(np.diag([1.0, 1.0, 1.2, 1.0]), (176, 256, 256))
+    >>> check_geometry(np.diag([2e6, 2e6, 2e6, 1.0]), (96, 96, 60), path="t2.nii.gz",
+    ...                role="T2w image")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    niaffine.errors.InputError: t2.nii.gz: T2w image has implausible voxel sizes 2e+06 x 2e+06 x 2e+06 mm ...
+    """
+    affine = None if affine is None else np.asarray(affine, dtype=float)
+    if affine is None or affine.shape != (4, 4) or not np.isfinite(affine).all() \
+            or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(f"{path}: {role} has a singular or missing voxel-to-world matrix")
+    sizes = np.linalg.norm(affine[:3, :3], axis=0)
+    low, high = VOXEL_SIZE_RANGE_MM
+    if sizes.min() < low or sizes.max() > high:
+        shown = " x ".join(f"{v:.3g}" for v in sizes)
+        raise InputError(f"{path}: {role} has implausible voxel sizes {shown} mm "
+                         f"(brain MRI: {low:g} to {high:g} mm)")
+    dims = np.ones(3)
+    dims[: min(3, len(shape))] = [max(1, int(n)) for n in tuple(shape)[:3]]
+    extent = sizes * dims
+    if extent.max() > MAX_EXTENT_MM:
+        raise InputError(f"{path}: {role} has an implausible field of view "
+                         f"{' x '.join(f'{v:.4g}' for v in extent)} mm "
+                         f"(at most {MAX_EXTENT_MM:g} mm)")
+    centre = affine[:3, :3] @ ((dims - 1) / 2) + affine[:3, 3]
+    if np.linalg.norm(centre) > MAX_CENTRE_MM:
+        raise InputError(f"{path}: {role} lies implausibly far from the scanner's origin "
+                         f"({np.linalg.norm(centre):.3g} mm; at most {MAX_CENTRE_MM:g} mm)")
 
 
 def _short(err: Exception) -> str:
@@ -99,22 +173,47 @@ def transform_format(path, fmt: str | None = None) -> str:
     return TRANSFORM_FORMATS[suffix]
 
 
+def is_inside(path, folder) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (no links resolved here).
+
+    >>> is_inside(Path("/d/bids/sub-01"), Path("/d/bids")), is_inside(Path("/d/b2"), Path("/d/b"))
+    (True, False)
+    """
+    path, folder = Path(path), Path(folder)
+    return path == folder or folder in path.parents
+
+
+def temp_path(path) -> Path:
+    """A hidden, unique name beside ``path`` that ends like it (so writers pick its format).
+
+    >>> TEMP_NAME.match(temp_path("/d/sub-01_T1w.nii.gz").name) is not None
+    True
+    """
+    path = Path(path)
+    return path.with_name(f".tmp-{uuid.uuid4().hex[:12]}-{path.name}")
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    Whatever happens (an error, Ctrl-C) the temporary file is removed. An ``OSError`` of the
+    writer that names no file, or the temporary one (a full disk: ``No space left on
+    device``), is raised again naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffixes = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffixes, dir=path.parent)
-    os.close(fd)
+    tmp = temp_path(path)
     try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; follow the umask instead
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        names = {str(err.filename), str(err.filename2)}
+        if err.errno is None or (err.filename is not None and str(tmp) not in names):
+            raise
+        raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
 
 
@@ -142,6 +241,37 @@ def as_3d_matrix(matrix) -> np.ndarray:
     return out
 
 
+def itk_text(matrix) -> str:
+    """ITK text (``AffineTransform_double_3_3``) of a fixed-to-moving world (RAS mm) matrix.
+
+    nitransforms converts the matrix to ITK's LPS convention
+    (``ITKLinearTransform.from_ras``); its own writer prints ``AffineTransform_float_3_3``
+    with 6 significant digits (``%g``: 0.5 um steps at 100 mm, the float32 a
+    ``float`` file promises is not even reached), so the text is printed here with the
+    17 digits of the engine's float64 result, as ANTs writes double-precision transforms.
+
+    Examples
+    --------
+    >>> print(itk_text(np.eye(4) + np.eye(4, k=3) * 12.5), end="")
+    #Insight Transform File V1.0
+    #Transform 0
+    Transform: AffineTransform_double_3_3
+    Parameters: 1 0 0 0 1 0 0 0 1 -12.5 0 0
+    FixedParameters: 0 0 0
+    """
+    from nitransforms.io.itk import ITKLinearTransform
+
+    lps = ITKLinearTransform.from_ras(as_3d_matrix(matrix)).structarr["parameters"]
+    values = [*np.asarray(lps[:3, :3], dtype=float).ravel(), *np.asarray(lps[:3, 3], dtype=float)]
+    return ("#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
+            f"Parameters: {' '.join(_number(v) for v in values)}\nFixedParameters: 0 0 0\n")
+
+
+def _number(value: float) -> str:
+    """Shortest text that reads back to the same float64 (``-0`` printed as ``0``)."""
+    return repr(float(value) + 0.0).removesuffix(".0")
+
+
 def save_transform(matrix, path, *, reference=None, moving=None, fmt: str | None = None) -> Path:
     """Write a fixed-to-moving world matrix as ITK text, FSL ``.mat`` or FreeSurfer LTA.
 
@@ -164,7 +294,7 @@ def save_transform(matrix, path, *, reference=None, moving=None, fmt: str | None
     xfm = ntl.Affine(matrix, reference=reference)
     with atomic_path(path) as tmp:
         if fmt == "itk":
-            xfm.to_filename(str(tmp), fmt="itk")
+            tmp.write_text(itk_text(matrix))
         else:
             xfm.to_filename(str(tmp), fmt="fsl" if fmt == "fsl" else "fs", moving=moving)
     return Path(path)

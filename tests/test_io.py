@@ -152,6 +152,25 @@ def test_itk_file_holds_the_lps_flip(tmp_path):
     assert np.allclose(values[:9], np.eye(3).ravel())
 
 
+def test_itk_files_are_double_precision(tmp_path):
+    """The file says ``double`` and its text reads back to the float64 matrix, bit for bit
+    (nitransforms' own writer says ``float`` and keeps 6 digits)."""
+    rng = np.random.default_rng(3)
+    matrix = np.eye(4)
+    matrix[:3, :3] += rng.normal(scale=0.05, size=(3, 3))
+    matrix[:3, 3] = rng.normal(scale=40.0, size=3)
+    save_transform(matrix, tmp_path / "xfm.txt")
+    lines = (tmp_path / "xfm.txt").read_text().splitlines()
+    assert lines[:3] == ["#Insight Transform File V1.0", "#Transform 0",
+                         "Transform: AffineTransform_double_3_3"]
+    values = np.array([float(v) for v in lines[3].split(":")[1].split()])
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    expected = lps @ matrix @ lps
+    assert np.array_equal(values, np.r_[expected[:3, :3].ravel(), expected[:3, 3]])
+    assert lines[4] == "FixedParameters: 0 0 0"
+    assert np.allclose(load_transform(tmp_path / "xfm.txt"), matrix, atol=1e-5)  # nitransforms
+
+
 def test_2d_matrices_embed_in_3d(tmp_path):
     m2 = np.array([[0.0, -1.0, 5.0], [1.0, 0.0, -2.0], [0.0, 0.0, 1.0]])
     m3 = as_3d_matrix(m2)
@@ -199,6 +218,42 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     save_image(_image(), target)
     assert nib.load(target).shape == (10, 11, 12)
     assert [p.name for p in target.parent.iterdir()] == ["img.nii.gz"]
+
+
+def test_full_disk_names_the_destination_not_the_temporary_file(tmp_path):
+    import errno
+
+    target = tmp_path / "sub-01_T1w.nii.gz"
+    with pytest.raises(OSError) as err:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device", "/work/src.nii.gz", None,
+                          str(tmp))
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temporary_names_are_recognisable(tmp_path):
+    from niaffine.io import TEMP_NAME
+
+    with atomic_path(tmp_path / "x.json") as tmp:
+        assert TEMP_NAME.match(tmp.name) and tmp.name.endswith("-x.json")
+        tmp.write_text("{}")
+    assert not TEMP_NAME.match(".tmp-notes") and not TEMP_NAME.match("x.tmp-0123456789ab-y")
+
+
+@pytest.mark.parametrize("shape, ndim", [((10, 10, 10, 2), (3,)), ((10, 10), (3,)),
+                                         ((10, 10, 10, 2, 2), (3, 4))])
+def test_wrong_dimensions_name_the_file(tmp_path, shape, ndim):
+    path = tmp_path / "img.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(shape, np.float32), np.eye(4)), path)
+    assert "must be" in _load_error(path, ndim=ndim)
+
+
+def test_implausible_voxel_sizes_name_the_file(tmp_path):
+    path = tmp_path / "t2.nii.gz"
+    nib.save(_image(affine=np.diag([2e6, 2e6, 2e6, 1.0])), path)
+    assert "implausible voxel sizes 2e+06 x 2e+06 x 2e+06 mm" in _load_error(path)
 
 
 def test_written_files_follow_the_umask(tmp_path):

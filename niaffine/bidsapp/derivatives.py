@@ -1,26 +1,30 @@
 # SPDX-License-Identifier: Apache-2.0
 """BIDS-Derivatives writer: names, sidecars, dataset files, atomic writes.
 
-Every file is written under a hidden temporary name in its final folder and then
-renamed with :func:`os.replace`, which is atomic on POSIX file systems: a reader
-(or an interrupted run) sees either the old file or the complete new one, never
-half of it. Files shared by several participant jobs (``dataset_description.json``,
+Every file is written under a hidden temporary name in its final folder
+(``.tmp-<12 hex>-<name>``, :func:`niaffine.io.atomic_path`) and then renamed with
+:func:`os.replace`, which is atomic on POSIX file systems: a reader (or an
+interrupted run) sees either the old file or the complete new one, never half of
+it. An :class:`OutputTree` makes every write of a run refuse destinations inside
+the raw dataset. Files shared by several participant jobs (``dataset_description.json``,
 ``.bidsignore``) are merged under an exclusive lock on ``output_dir/.niaffine.lock``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 
 from niaffine import __version__
+from niaffine.bidsapp import errors
+from niaffine.io import atomic_path, is_inside
 
 LOGGER = logging.getLogger("niaffine.bidsapp")
 DATATYPE = {"T1w": "anat", "T2w": "anat", "FLAIR": "anat", "PDw": "anat", "bold": "func",
@@ -33,37 +37,16 @@ _NAME = re.compile(r"^(?P<entities>.+?)_(?P<suffix>[A-Za-z0-9]+)(?P<ext>\.nii(\.
 
 
 # --------------------------------------------------------------------------- atomic I/O
-def _temp_path(path: Path) -> Path:
-    # Hidden, unique, and ending like the target so nibabel picks the same format.
-    return path.with_name(f".tmp-{uuid.uuid4().hex[:12]}-{path.name}")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path next to ``path``; rename it over ``path`` on success.
+def write_text(path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically; return the path.
 
     Examples
     --------
     >>> import tempfile
-    >>> target = Path(tempfile.mkdtemp()) / "a.txt"
-    >>> with atomic_path(target) as tmp:
-    ...     _ = tmp.write_text("done")
+    >>> target = write_text(Path(tempfile.mkdtemp()) / "a.txt", "done")
     >>> target.read_text(), sorted(p.name for p in target.parent.iterdir())
     ('done', ['a.txt'])
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def write_text(path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically; return the path."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
@@ -92,6 +75,67 @@ def copy_file(src, dst) -> Path:
         else:
             shutil.copyfile(src, tmp)
     return dst
+
+
+class UnsafeOutputError(errors.BidsAppError):
+    """A derivative path that resolves into ``bids_dir`` (through a symbolic link)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, errors.EXIT_USAGE)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputTree:
+    """The derivatives folder of a run, and the raw dataset none of its files may land in.
+
+    Every write resolves its destination first (symbolic links included, the folders still
+    to be created too) and raises :class:`UnsafeOutputError` (exit 64) when it lies inside
+    ``bids_dir`` but not inside ``root`` (which may itself be ``bids_dir/derivatives/...``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> base = Path(tempfile.mkdtemp())
+    >>> (base / "bids" / "sub-01").mkdir(parents=True)
+    >>> (base / "out").mkdir()
+    >>> (base / "out" / "sub-01").symlink_to(base / "bids" / "sub-01")
+    >>> tree = OutputTree(base / "out", base / "bids")
+    >>> _ = tree.write_text(base / "out" / "ok.txt", "fine")
+    >>> tree.write_text(base / "out" / "sub-01" / "figures" / "a.svg", "<svg/>")
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    niaffine.bidsapp.derivatives.UnsafeOutputError: refusing to write .../a.svg: it resolves to .../bids/...
+    >>> sorted(p.name for p in (base / "bids" / "sub-01").iterdir())
+    []
+    """
+
+    root: Path
+    bids_dir: Path
+
+    def check(self, path) -> Path:
+        """Return ``path`` if writing it cannot touch ``bids_dir``; raise otherwise."""
+        path = Path(path)
+        resolved = path.resolve()
+        bids_dir = Path(self.bids_dir).resolve()
+        if is_inside(resolved, bids_dir) and not is_inside(resolved, Path(self.root).resolve()):
+            raise UnsafeOutputError(
+                f"refusing to write {path}: it resolves to {resolved}, inside bids_dir "
+                f"{bids_dir} (a symbolic link in the output folder points there); remove the "
+                "link")
+        return path
+
+    def write_text(self, path, text: str) -> Path:
+        """:func:`write_text` after :meth:`check`."""
+        return write_text(self.check(path), text)
+
+    def write_json(self, path, data: dict) -> Path:
+        """:func:`write_json` after :meth:`check`."""
+        return write_json(self.check(path), data)
+
+    def copy_file(self, src, dst) -> Path:
+        """:func:`copy_file` after :meth:`check`."""
+        return copy_file(src, self.check(dst))
 
 
 @contextlib.contextmanager
@@ -148,17 +192,18 @@ def dataset_description(bids_dir: Path) -> dict:
     }
 
 
-def init_output_dir(output_dir, bids_dir) -> None:
+def init_output_dir(tree: OutputTree) -> None:
     """Write ``dataset_description.json`` and merge ``.bidsignore``, safely across jobs."""
-    output_dir = Path(output_dir)
-    (output_dir / "logs").mkdir(parents=True, exist_ok=True)
+    output_dir = Path(tree.root)
+    tree.check(output_dir / "logs").mkdir(parents=True, exist_ok=True)
     with output_lock(output_dir):
-        write_json(output_dir / "dataset_description.json", dataset_description(bids_dir))
+        tree.write_json(output_dir / "dataset_description.json",
+                        dataset_description(tree.bids_dir))
         ignore = output_dir / ".bidsignore"
         lines = ignore.read_text().splitlines() if ignore.exists() else []
         merged = list(dict.fromkeys([line for line in lines if line.strip()] + list(BIDSIGNORE)))
         if merged != lines:
-            write_text(ignore, "\n".join(merged) + "\n")
+            tree.write_text(ignore, "\n".join(merged) + "\n")
 
 
 # --------------------------------------------------------------------------- names

@@ -30,10 +30,18 @@ EXIT_UNAVAILABLE = 69
 """A requested resource is unavailable (e.g. ``--device cuda`` without CUDA)."""
 EXIT_SOFTWARE = 70
 """Internal error: a bug, please report it with the crash file."""
+EXIT_OSERR = 71
+"""A worker process died twice running the same node (out-of-memory killer, ``kill -9``)."""
 EXIT_CANT_CREATE = 73
-"""The output or work directory cannot be created or written."""
+"""The output or work directory cannot be created or written (permissions, full disk)."""
+EXIT_IOERR = 74
+"""Reading or writing a file failed for another reason (an I/O error, permissions)."""
+EXIT_TEMPFAIL = 75
+"""Another live run holds a subject of this run in the same work directory: retry later."""
 EXIT_INTERRUPTED = 130
-"""Interrupted by the user (Ctrl-C)."""
+"""Interrupted by the user (Ctrl-C, SIGINT)."""
+EXIT_TERMINATED = 143
+"""Terminated by SIGTERM (a scheduler's preemption or time limit)."""
 
 EXIT_CODES = {
     EXIT_OK: "success",
@@ -46,8 +54,12 @@ EXIT_CODES = {
     EXIT_NO_DATA: "corrupt or unreadable input data",
     EXIT_UNAVAILABLE: "requested resource unavailable",
     EXIT_SOFTWARE: "internal error",
+    EXIT_OSERR: "a worker process died",
     EXIT_CANT_CREATE: "cannot write output",
+    EXIT_IOERR: "input/output error",
+    EXIT_TEMPFAIL: "work dir in use by another run",
     EXIT_INTERRUPTED: "interrupted",
+    EXIT_TERMINATED: "terminated",
 }
 
 
@@ -65,3 +77,11 @@ class BidsAppError(Exception):
     def __init__(self, message: str, code: int = EXIT_SOFTWARE):
         super().__init__(message)
         self.code = int(code)
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that no ``except Exception`` on the
+    way (Nipype catches node errors that way) mistakes it for a node failure.
+    """

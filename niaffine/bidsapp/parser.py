@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from niaffine import __version__
+from niaffine.devices import device_argument
 
 ANALYSIS_LEVELS = ("participant", "group")
 MODALITIES = ("T2w", "FLAIR", "PDw", "bold", "dwi")
@@ -22,7 +23,6 @@ METRICS = ("mi", "ncc", "lncc", "mse", "cr", "auto")
 DOFS_TEMPLATE = (6, 7, 9, 12)
 DOFS_COREG = (3, 6, 7, 9, 12)
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
 def strip_label(value: str, prefix: str) -> str:
@@ -85,12 +85,6 @@ def _memory_gb(value: str) -> float:
         raise argparse.ArgumentTypeError(f"invalid memory amount {value!r} (e.g. 8G, 8000M)")
     number, unit = float(match.group(1)), match.group(2).upper()
     return number * {"": 1.0, "G": 1.0, "M": 1 / 1024, "T": 1024.0}[unit]
-
-
-def _device(value: str) -> str:
-    if not _DEVICE.match(value):
-        raise argparse.ArgumentTypeError(f"invalid device {value!r}: use auto, cpu or cuda[:N]")
-    return value
 
 
 def _positive_int(value: str) -> int:
@@ -213,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory limit for the scheduler, e.g. 16G",
     )
     run.add_argument(
-        "--device", type=_device, default="auto",
+        "--device", type=device_argument, default="auto",
         help="auto (CUDA if available), cpu, or cuda[:N]",
     )
     run.add_argument(

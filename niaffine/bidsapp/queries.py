@@ -23,6 +23,10 @@ from niaffine.bidsapp import errors
 LOGGER = logging.getLogger("niaffine.bidsapp")
 DATATYPES = {"T2w": "anat", "FLAIR": "anat", "PDw": "anat", "bold": "func", "dwi": "dwi"}
 NIFTI = [".nii", ".nii.gz"]
+#: Keys of ``--bids-filter-file``: the data types niaffine queries.
+FILTER_KEYS = ("t1w", "t2w", "flair", "pdw", "bold", "dwi")
+#: Dimensions each image type may have (trailing singleton dimensions ignored).
+NDIM = {"T1w": (3,), "T2w": (3,), "FLAIR": (3,), "PDw": (3,), "bold": (3, 4), "dwi": (3, 4)}
 #: Folders never indexed: they are not raw data.
 IGNORE = ("code", "derivatives", "sourcedata", "stimuli", "models")
 
@@ -84,6 +88,8 @@ def load_layout(bids_dir, database_dir=None):
     if database_dir is not None:
         Path(database_dir).mkdir(parents=True, exist_ok=True)
         kwargs["database_path"] = str(database_dir)
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         return BIDSLayout(str(bids_dir), validate=False,
                           indexer=BIDSLayoutIndexer(validate=False, ignore=list(IGNORE)),
@@ -91,6 +97,59 @@ def load_layout(bids_dir, database_dir=None):
     except (BIDSValidationError, ValueError) as exc:
         raise errors.BidsAppError(f"{bids_dir} is not a BIDS dataset: {exc}",
                                   errors.EXIT_BIDS_INVALID) from None
+    except SQLAlchemyError as exc:  # a damaged or foreign --bids-database-dir
+        reason = str(exc).splitlines()[0]
+        raise errors.BidsAppError(
+            f"--bids-database-dir {database_dir} holds no usable pybids index ({reason}): "
+            "remove it, or give another folder", errors.EXIT_USAGE) from None
+
+
+def check_filters(layout, bids_filters) -> dict:
+    """Validate ``--bids-filter-file`` against the layout; return pybids-ready queries.
+
+    Keys must be niaffine's data types (:data:`FILTER_KEYS`), their entities ones the layout
+    knows (``subject`` and ``session`` excepted: use the label options). Values are strings,
+    numbers, booleans, ``null`` (the entity must be absent) or ``"*"`` (any value, but
+    present), or lists of strings and numbers, as in fMRIPrep's filter files.
+
+    Raises
+    ------
+    BidsAppError
+        ``EXIT_USAGE`` (64), naming the data type and the entity.
+    """
+    from bids.layout import Query
+
+    def refuse(message):
+        return errors.BidsAppError(f"--bids-filter-file: {message}", errors.EXIT_USAGE)
+
+    known = set(layout.get_entities())
+    out = {}
+    for key, query in (bids_filters or {}).items():
+        kind = str(key).lower()
+        if kind not in FILTER_KEYS:
+            raise refuse(f"unknown data type {key!r} (use {', '.join(FILTER_KEYS)})")
+        if not isinstance(query, dict):
+            raise refuse(f"{key!r} must map entities to values, got {query!r}")
+        checked = {}
+        for entity, value in query.items():
+            if entity in ("subject", "session"):
+                raise refuse(f"{key!r} filters on {entity!r}: use --participant-label / "
+                             "--session-label instead")
+            if entity not in known:
+                raise refuse(f"unknown entity {entity!r} in {key!r} (entities of this "
+                             f"dataset: {', '.join(sorted(known - {'subject', 'session'}))})")
+            if value is None:
+                value = Query.NONE
+            elif value == "*":
+                value = Query.ANY
+            elif isinstance(value, list):
+                if not value or not all(isinstance(v, str | int | float) for v in value):
+                    raise refuse(f"{key}.{entity}: a list must hold strings or numbers")
+            elif not isinstance(value, str | int | float | bool):
+                raise refuse(f"{key}.{entity}: unsupported value {value!r}")
+            checked[entity] = value
+        out[kind] = checked
+    return out
 
 
 def _query(layout, subject, session, suffix, datatype, filters):
@@ -99,7 +158,11 @@ def _query(layout, subject, session, suffix, datatype, filters):
     query = {"subject": subject, "suffix": suffix, "datatype": datatype, "extension": NIFTI,
              "session": session if session else Query.NONE}
     query.update(filters.get(suffix.lower(), {}))
-    return sorted(layout.get(return_type="file", **query))
+    try:
+        return sorted(layout.get(return_type="file", **query))
+    except (ValueError, TypeError) as exc:  # a filter value pybids cannot use
+        raise errors.BidsAppError(f"--bids-filter-file: pybids refused the {suffix} query: "
+                                  f"{str(exc).splitlines()[0]}", errors.EXIT_USAGE) from None
 
 
 def collect_subjects(layout, *, participant_label=(), session_label=(), modalities=None,
@@ -119,7 +182,7 @@ def collect_subjects(layout, *, participant_label=(), session_label=(), modaliti
         Code 18 when labels name subjects or sessions that do not exist, or when
         the selection is empty.
     """
-    filters = {k.lower(): v for k, v in (bids_filters or {}).items()}
+    filters = check_filters(layout, bids_filters)
     modalities = tuple(DATATYPES) if modalities is None else tuple(modalities)
     available = sorted(layout.get_subjects())
     if not available:
@@ -180,12 +243,14 @@ def _gzip_length(path: Path) -> int:
     return total
 
 
-def check_nifti(path) -> None:
-    """Cheap integrity check of a NIfTI file: header, and size of the data block.
+def check_nifti(path, suffix: str | None = None) -> None:
+    """Cheap integrity check of a NIfTI file: header, geometry, size of the data block.
 
     For ``.nii.gz`` the gzip trailer's length field is compared with the expected
     size; only if it disagrees is the file decompressed (multi-member gzip) to
-    confirm. Reads no image data otherwise.
+    confirm. Reads no image data otherwise. The header must describe an image of
+    its type's dimensions (:data:`NDIM`, by ``suffix``) with a plausible geometry
+    (:func:`niaffine.io.check_geometry`: voxel sizes, field of view).
 
     Raises
     ------
@@ -193,6 +258,9 @@ def check_nifti(path) -> None:
         Code 65 naming the file.
     """
     import nibabel as nb
+
+    from niaffine.errors import InputError
+    from niaffine.io import check_geometry, spatial_shape
 
     path = Path(path)
     try:
@@ -207,12 +275,16 @@ def check_nifti(path) -> None:
                 raise ValueError(f"data truncated (expected {expected} bytes)")
         elif path.stat().st_size < expected:
             raise ValueError(f"data truncated ({path.stat().st_size} of {expected} bytes)")
-    except errors.BidsAppError:
-        raise
     except Exception as exc:  # nibabel raises many types on bad files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise errors.BidsAppError(f"corrupt or truncated NIfTI file {path}: {reason}",
                                   errors.EXIT_NO_DATA) from None
+    role = f"{suffix} image" if suffix else "image"
+    try:
+        shape = spatial_shape(img.shape, NDIM.get(suffix, (2, 3, 4)), path=path, role=role)
+        check_geometry(img.affine, shape, path=path, role=role)
+    except InputError as exc:
+        raise errors.BidsAppError(str(exc), errors.EXIT_NO_DATA) from None
 
 
 def _prod(shape) -> int:
@@ -225,5 +297,6 @@ def _prod(shape) -> int:
 def check_inputs(subjects: list[dict]) -> None:
     """Run :func:`check_nifti` on every T1w and image of the selection."""
     for data in subjects:
-        for path in [data["t1w"]] + [img["path"] for img in data["images"]]:
-            check_nifti(path)
+        check_nifti(data["t1w"], "T1w")
+        for image in data["images"]:
+            check_nifti(image["path"], image["suffix"])

@@ -313,19 +313,20 @@ def _caption(name: str) -> str:
     return name
 
 
-def write_subject_report(output_dir, subject: str, problems: list[str] | None = None) -> Path:
+def write_subject_report(tree: drv.OutputTree, subject: str,
+                         problems: list[str] | None = None) -> Path:
     """Write ``output_dir/sub-<subject>.html`` from the derivatives on disk.
 
     Parameters
     ----------
-    output_dir : path-like
-        Derivatives root.
+    tree : OutputTree
+        Derivatives root (and the raw dataset it must not write into).
     subject : str
         Subject label.
     problems : list of str, optional
         Messages to show in an *Errors* section (failed or skipped sessions).
     """
-    output_dir = Path(output_dir)
+    output_dir = Path(tree.root)
     rows = flag_rows([r for r in collect_registrations(output_dir) if r["subject"] == subject])
     parts = []
     if problems:
@@ -352,18 +353,19 @@ def write_subject_report(output_dir, subject: str, problems: list[str] | None = 
     parts.append('<h2>About</h2><p>Transforms map reference (fixed) points to moving points '
                  '(ITK convention, as fMRIPrep). See <code>docs/outputs.md</code>.</p>')
     path = output_dir / f"sub-{subject}.html"
-    drv.write_text(path, _page(f"niaffine report: sub-{subject}", "\n".join(parts)))
+    tree.write_text(path, _page(f"niaffine report: sub-{subject}", "\n".join(parts)))
     LOGGER.info("report written: %s", path)
     return path
 
 
-def write_group_outputs(output_dir, expected_subjects=()) -> tuple[Path, Path, list[dict]]:
+def write_group_outputs(tree: drv.OutputTree,
+                        expected_subjects=()) -> tuple[Path, Path, list[dict]]:
     """Write ``group/registration_qc.tsv`` (+ JSON) and ``group/index.html``.
 
     Parameters
     ----------
-    output_dir : path-like
-        Derivatives root.
+    tree : OutputTree
+        Derivatives root (and the raw dataset it must not write into).
     expected_subjects : sequence of str
         Subjects of the input dataset: those without any registration get a row
         flagged ``missing`` (failed, skipped or never run) and stand out in the report.
@@ -375,7 +377,7 @@ def write_group_outputs(output_dir, expected_subjects=()) -> tuple[Path, Path, l
     rows : list of dict
         The flagged rows.
     """
-    output_dir = Path(output_dir)
+    output_dir = Path(tree.root)
     rows = flag_rows(collect_registrations(output_dir))
     present = {r["subject"] for r in rows}
     for subject in sorted(set(expected_subjects) - present):
@@ -385,8 +387,8 @@ def write_group_outputs(output_dir, expected_subjects=()) -> tuple[Path, Path, l
                      "zoom_max": None, "flags": "missing",
                      "transform": "n/a"})
     group = output_dir / "group"
-    tsv = drv.write_text(group / "registration_qc.tsv", _tsv(rows))
-    drv.write_json(group / "registration_qc.json", {
+    tsv = tree.write_text(group / "registration_qc.tsv", _tsv(rows))
+    tree.write_json(group / "registration_qc.json", {
         "final_metric": {"Description": "similarity at convergence (as reported by the engine)"},
         "mask_volume_ml": {"Description": "volume of the subject's T1w brain mask "
                            "(desc-brain_mask derivative)", "Units": "ml"},
@@ -414,7 +416,7 @@ def write_group_outputs(output_dir, expected_subjects=()) -> tuple[Path, Path, l
         body += ["<h2>Flagged</h2>", _table(flagged, HTML_COLUMNS, link_subject="../")]
     body += ["<h2>All registrations</h2>",
              _table(registrations, HTML_COLUMNS, link_subject="../")]
-    index = drv.write_text(group / "index.html",
+    index = tree.write_text(group / "index.html",
                            _page("niaffine group report", "\n".join(body)))
     LOGGER.info("group outputs written: %s, %s", tsv, index)
     return tsv, index, rows

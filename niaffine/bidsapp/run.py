@@ -8,19 +8,26 @@ the exit code (see :mod:`niaffine.bidsapp.errors`); it never calls ``sys.exit``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import signal
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 
 from niaffine import __version__
+from niaffine.bidsapp import crashes as crashes_mod
 from niaffine.bidsapp import derivatives as drv
-from niaffine.bidsapp import errors
+from niaffine.bidsapp import errors, guards
 from niaffine.bidsapp.parser import build_parser
-from niaffine.bidsapp.settings import Settings, from_args
+from niaffine.bidsapp.settings import Settings, from_args, make_dirs
 
 LOGGER = logging.getLogger("niaffine.bidsapp")
+#: How long a batch plugin (SLURM...) waits for a finished job's result file to appear.
+JOB_FINISHED_TIMEOUT_S = 60
 _SUBJECT = re.compile(r"(?:^|\.)sub_([A-Za-z0-9]+?)(?:_ses_([A-Za-z0-9]+))?_(?:wf|ds|report|batch|anat_wf)\b")
 
 
@@ -30,6 +37,20 @@ class _StderrHandler(logging.StreamHandler):
     def emit(self, record):
         self.stream = sys.stderr
         super().emit(record)
+
+
+class _NoNipypeErrors(logging.Filter):
+    """Without ``-v``: Nipype's warnings pass, its node errors (and tracebacks) do not.
+
+    niaffine reports each failing node itself, in one line with its crash file.
+    """
+
+    NODE_ERRORS = ("[Node] Error on", "Storing result file without outputs")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return (record.levelno < logging.ERROR and "\n" not in message
+                and not message.startswith(self.NODE_ERRORS))
 
 
 def _setup_logging(verbose: int):
@@ -42,6 +63,7 @@ def _setup_logging(verbose: int):
     app, own = logging.getLogger("niaffine"), logging.getLogger("niaffine.bidsapp")
     nipype = [nlogging.getLogger(n) for n in ("nipype.workflow", "nipype.interface",
                                               "nipype.utils")]
+    quiet = _NoNipypeErrors()
     saved = (app.level, app.propagate, own.level, [lg.level for lg in nipype])
     app.addHandler(handler)
     app.setLevel(level)  # engine, interfaces: warnings unless -v
@@ -49,6 +71,8 @@ def _setup_logging(verbose: int):
     app.propagate = False
     for logger in nipype:
         logger.setLevel(level)
+        if verbose <= 0:
+            logger.addFilter(quiet)
 
     def undo():
         app.removeHandler(handler)
@@ -57,8 +81,26 @@ def _setup_logging(verbose: int):
         own.setLevel(saved[2])
         for logger, old in zip(nipype, saved[3]):
             logger.setLevel(old)
+            logger.removeFilter(quiet)
 
     return undo
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM (preemption, a time limit) raises :class:`errors.Terminated` in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise errors.Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Progress:
@@ -91,27 +133,17 @@ def _crash_files(log_dir: Path) -> set[Path]:
     return set(log_dir.glob("crash-*"))
 
 
-def _input_error(crashes) -> str | None:
-    """The first ``InputError`` message found in new crash files, if any."""
-    for crash in sorted(crashes):
-        text = crash.read_text(errors="replace")
-        match = re.search(r"(?:niaffine\.errors\.)?InputError: (.+)", text)
-        if match:
-            return match.group(1).strip()
-    return None
-
-
-def crash_summary(crash: Path) -> tuple[str, str]:
-    """``(node full name, last error line)`` of a Nipype text crash file."""
-    text = crash.read_text(errors="replace")
-    node = re.search(r"^Node: (\S+)", text, flags=re.MULTILINE)
-    found = re.findall(r"^\s*([\w.]+(?:Error|Exception)\b.*)$", text, flags=re.MULTILINE)
-    return (node.group(1) if node else crash.name), (found[-1].strip() if found else "")
-
-
-def _write_settings(settings: Settings) -> Path:
+def _write_settings(settings: Settings, tree: drv.OutputTree) -> Path:
     path = settings.output_dir / "logs" / f"niaffine-{settings.run_uuid}.toml"
-    return drv.write_text(path, settings.to_toml())
+    return tree.write_text(path, settings.to_toml())
+
+
+def _work_lock_names(subjects: list[dict], settings: Settings) -> list[str]:
+    """One work-dir lock per subject, and per template batch with ``--batch-size``."""
+    names = [f"sub-{d['subject']}" for d in subjects]
+    if settings.batch_size > 1 and settings.template_space is not None:
+        names += [f"batch-{k}" for k in range(-(-len(subjects) // settings.batch_size))]
+    return names
 
 
 def _plugin(settings: Settings):
@@ -126,9 +158,13 @@ def _plugin(settings: Settings):
 
 
 def run_participant(settings: Settings) -> int:
-    """The participant level: validate, query, build, run, sink, report."""
+    """The participant level: validate, query, check, then build, run, sink, report.
+
+    Every check that can fail (dataset, labels, filters, inputs, plugin, links into
+    ``bids_dir``) runs before the first folder is created or file written.
+    """
     from niaffine.bidsapp import queries
-    from niaffine.bidsapp.reports import write_subject_report
+    from niaffine.bidsapp.workflow import workflow_name
 
     if not settings.skip_bids_validation:
         queries.validate_dataset(settings.bids_dir)
@@ -137,75 +173,122 @@ def run_participant(settings: Settings) -> int:
         layout, participant_label=settings.participant_label,
         session_label=settings.session_label, modalities=settings.modalities,
         bids_filters=settings.bids_filters)
-    drv.init_output_dir(settings.output_dir, settings.bids_dir)
-    if settings.reports_only:
-        labels = sorted({d["subject"] for d in subjects} | {s.subject for s in skipped})
-        for label in labels:
-            write_subject_report(settings.output_dir, label)
-        print(f"niaffine: {len(labels)} reports rebuilt in {settings.output_dir}")
-        return errors.EXIT_OK
     code = errors.EXIT_OK
     usable = []
-    for data in subjects:  # cheap integrity checks: name the bad file before any work
-        try:
-            queries.check_inputs([data])
-            usable.append(data)
-        except errors.BidsAppError as exc:
-            skipped.append(queries.Skipped(data["subject"], data["session"], str(exc)))
-            code = exc.code
-    for skip in skipped:
-        LOGGER.error("%s", skip)
-        code = code or errors.EXIT_FAILED
-    settings_file = _write_settings(settings)
-    LOGGER.info("settings recorded in %s", settings_file)
-    progress = Progress([d["subject"] for d in usable])
-    if usable:
-        plugin, plugin_args = _plugin(settings)
-        from niaffine.bidsapp.workflow import init_niaffine_wf
-
-        workflow = init_niaffine_wf(settings, usable)
-        if plugin in ("MultiProc", "LegacyMultiProc", "Linear"):
-            # nipype waits this long between scheduling rounds (default 2 s): on a cached
-            # rerun every level of the graph costs one round, so keep it short locally.
-            workflow.config["execution"]["poll_sleep_duration"] = 0.2
-        if settings.device.startswith("cuda"):
-            from niaffine.bidsapp.plugin import gpu_request, mark_gpu_nodes
-
-            mark_gpu_nodes(workflow, plugin=plugin, gpu_sbatch_args=gpu_request(plugin_args))
-        log_dir = settings.output_dir / "logs"
-        before = _crash_files(log_dir)
-        LOGGER.info("running %s with %s %s", workflow.name, plugin, plugin_args)
-        try:
-            workflow.run(plugin=plugin, plugin_args={**plugin_args, "status_callback": progress})
-        except Exception as exc:  # nipype re-raises node errors (first crash, or at the end)
-            LOGGER.error("the workflow did not finish cleanly: %s", str(exc).splitlines()[0]
-                         if str(exc) else type(exc).__name__)
-            progress.failed.setdefault("?", [])
-        new_crashes = _crash_files(log_dir) - before
-        for subject in progress.subjects:
-            if subject not in progress.done:
-                progress.failed.setdefault(subject, [])
-        progress.failed.pop("?", None)
-        if progress.failed or new_crashes:
-            message = _input_error(new_crashes)
-            if message:
-                LOGGER.error("corrupt input: %s", message)
-                code = errors.EXIT_NO_DATA
-            code = code or errors.EXIT_FAILED
-        for subject in progress.failed:
-            problems = []
-            for crash in sorted(new_crashes):
-                node, error = crash_summary(crash)
-                if _SUBJECT.search(node) and _SUBJECT.search(node).group(1) == subject:
-                    problems.append(f"{node} failed: {error} (crash file: logs/{crash.name})")
-            write_subject_report(settings.output_dir, subject,
-                                 problems=problems or ["the subject's workflow did not finish"])
-    skipped_subjects = sorted({s.subject for s in skipped} - set(progress.done))
-    for subject in skipped_subjects:
-        write_subject_report(settings.output_dir, subject,
-                             problems=[str(s) for s in skipped if s.subject == subject])
-    _summary(settings, progress, skipped)
+    if not settings.reports_only:
+        for data in subjects:  # cheap integrity checks: name the bad file before any work
+            try:
+                queries.check_inputs([data])
+                usable.append(data)
+            except errors.BidsAppError as exc:
+                skipped.append(queries.Skipped(data["subject"], data["session"], str(exc)))
+                code = exc.code
+    plugin = _plugin(settings) if usable else None
+    work_flow_dir = settings.work_dir / workflow_name(settings.version)
+    work_tops = [work_flow_dir, *(work_flow_dir.iterdir() if work_flow_dir.is_dir() else ())]
+    guards.check_links(settings.output_dir, settings.bids_dir,
+                       work_tops if not settings.reports_only else ())
+    make_dirs(settings, work=bool(usable))
+    tree = drv.OutputTree(settings.output_dir, settings.bids_dir)
+    with guards.run_lock(settings.output_dir):
+        drv.init_output_dir(tree)
+        if settings.reports_only:
+            return _rebuild_reports(settings, tree, subjects, skipped)
+        for skip in skipped:
+            LOGGER.error("%s", skip)
+        if skipped:
+            code = crashes_mod.most_specific(code, errors.EXIT_FAILED)
+        LOGGER.info("settings recorded in %s", _write_settings(settings, tree))
+        progress = Progress([d["subject"] for d in usable])
+        if usable:
+            with guards.work_locks(work_flow_dir, _work_lock_names(usable, settings)):
+                code = crashes_mod.most_specific(
+                    code, _run_workflow(settings, tree, usable, plugin, progress))
+        _report_skipped(tree, skipped, progress)
+        _summary(settings, progress, skipped)
     return code
+
+
+def _rebuild_reports(settings: Settings, tree: drv.OutputTree, subjects, skipped) -> int:
+    from niaffine.bidsapp.reports import write_subject_report
+
+    labels = sorted({d["subject"] for d in subjects} | {s.subject for s in skipped})
+    for label in labels:
+        write_subject_report(tree, label)
+    print(f"niaffine: {len(labels)} reports rebuilt in {settings.output_dir}")
+    return errors.EXIT_OK
+
+
+def _report_skipped(tree: drv.OutputTree, skipped, progress: Progress) -> None:
+    from niaffine.bidsapp.reports import write_subject_report
+
+    for subject in sorted({s.subject for s in skipped} - set(progress.done)):
+        write_subject_report(tree, subject,
+                             problems=[str(s) for s in skipped if s.subject == subject])
+
+
+def _run_workflow(settings: Settings, tree: drv.OutputTree, usable, chosen, progress) -> int:
+    """Build and run the graph; report each failed node in one line; return the exit code."""
+    from niaffine.bidsapp.reports import write_subject_report
+    from niaffine.bidsapp.workflow import init_niaffine_wf
+
+    plugin, plugin_args = chosen
+    workflow = init_niaffine_wf(settings, usable)
+    if plugin in ("MultiProc", "LegacyMultiProc", "Linear"):
+        # nipype waits this long between scheduling rounds (default 2 s): on a cached
+        # rerun every level of the graph costs one round, so keep it short locally.
+        workflow.config["execution"]["poll_sleep_duration"] = 0.2
+    else:  # a batch job's result file may show up late on NFS (nipype waits 5 s, then fails)
+        workflow.config["execution"]["job_finished_timeout"] = JOB_FINISHED_TIMEOUT_S
+    if settings.device.startswith("cuda"):
+        from niaffine.bidsapp.plugin import gpu_request, mark_gpu_nodes
+
+        mark_gpu_nodes(workflow, plugin=plugin, gpu_sbatch_args=gpu_request(plugin_args))
+    log_dir = settings.output_dir / "logs"
+    before = _crash_files(log_dir)
+    LOGGER.info("running %s with %s %s", workflow.name, plugin, plugin_args)
+    plugin_args = {**plugin_args, "status_callback": progress}
+    runner = plugin
+    if plugin == "MultiProc":
+        from niaffine.bidsapp.multiproc import ResilientMultiProcPlugin
+
+        runner = ResilientMultiProcPlugin(plugin_args=plugin_args)
+    stopped = None
+    try:
+        workflow.run(plugin=runner, plugin_args=plugin_args)
+    except Exception as exc:  # nipype re-raises node errors (first crash, or at the end)
+        stopped = exc
+    crashes = [crashes_mod.read_crash(path) for path in sorted(_crash_files(log_dir) - before)]
+    failure = crashes_mod.write_error(stopped) if stopped is not None else None
+    full = [crash for crash in crashes if crash.code == errors.EXIT_CANT_CREATE]
+    if failure is not None or full:  # a full disk: no reports (they would fail too), one line
+        raise failure or errors.BidsAppError(full[0].cause, errors.EXIT_CANT_CREATE)
+    if stopped is not None and not crashes:  # no node to blame: the run itself failed
+        LOGGER.error("the workflow stopped: %s", _last_line(stopped))
+    for crash in crashes:
+        LOGGER.error("%s", crash.line())
+    for subject in progress.subjects:
+        if subject not in progress.done:
+            progress.failed.setdefault(subject, [])
+    code = crashes_mod.exit_code(crashes)
+    if progress.failed or stopped is not None:
+        code = crashes_mod.most_specific(code, errors.EXIT_FAILED)
+    for subject in progress.failed:
+        problems = [crash.line().replace(str(crash.path), f"logs/{crash.path.name}")
+                    for crash in crashes if _subject_of(crash.node) == subject]
+        write_subject_report(tree, subject,
+                             problems=problems or ["the subject's workflow did not finish"])
+    return code
+
+
+def _subject_of(node_name: str) -> str | None:
+    match = _SUBJECT.search(node_name)
+    return match.group(1) if match else None
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _summary(settings: Settings, progress: Progress, skipped) -> None:
@@ -232,10 +315,13 @@ def run_group(settings: Settings) -> int:
         raise errors.BidsAppError(
             f"no participant-level outputs (*_xfm.json) in {settings.output_dir}: run the "
             "participant level first", errors.EXIT_NO_MATCH)
-    drv.init_output_dir(settings.output_dir, settings.bids_dir)
+    guards.check_links(settings.output_dir, settings.bids_dir)
+    tree = drv.OutputTree(settings.output_dir, settings.bids_dir)
     expected = settings.participant_label or sorted(
         p.name[4:] for p in settings.bids_dir.glob("sub-*") if p.is_dir())
-    tsv, index, rows = write_group_outputs(settings.output_dir, expected)
+    with guards.run_lock(settings.output_dir):
+        drv.init_output_dir(tree)
+        tsv, index, rows = write_group_outputs(tree, expected)
     flagged = sum(r["flags"] not in ("n/a", "missing") for r in rows)
     missing = [r["subject"] for r in rows if r["flags"] == "missing"]
     print(f"niaffine group: {len(rows) - len(missing)} registrations, {flagged} flagged"
@@ -259,19 +345,37 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     restore_logging = _setup_logging(args.verbose)
     try:
-        settings = from_args(args)
-        if settings.analysis_level == "group":
-            return run_group(settings)
-        return run_participant(settings)
+        with _sigterm_raises():
+            settings = from_args(args)
+            if settings.analysis_level == "group":
+                return run_group(settings)
+            return run_participant(settings)
     except errors.BidsAppError as exc:
-        print(f"niaffine: error: {exc} (exit code {exc.code}: "
-              f"{errors.EXIT_CODES.get(exc.code, '')})", file=sys.stderr)
-        return exc.code
+        return _fail(str(exc), exc.code)
     except KeyboardInterrupt:
-        print("niaffine: interrupted", file=sys.stderr)
-        return errors.EXIT_INTERRUPTED
+        return _fail("interrupted", errors.EXIT_INTERRUPTED)
+    except errors.Terminated:
+        return _fail("terminated by SIGTERM", errors.EXIT_TERMINATED)
+    except OSError as exc:
+        failure = crashes_mod.write_error(exc)
+        if failure is not None:
+            return _fail(str(failure), failure.code)
+        LOGGER.debug("I/O error", exc_info=True)
+        return _fail(f"{exc.filename or 'I/O'}: {exc.strerror or exc}", errors.EXIT_IOERR)
+    except Exception as exc:  # a bug: one line, the traceback with -v
+        if args.verbose:
+            traceback.print_exc()
+        return _fail(f"internal error, please report it: {type(exc).__name__}: "
+                     f"{_last_line(exc)}" + ("" if args.verbose else " (-v shows the traceback)"),
+                     errors.EXIT_SOFTWARE)
     finally:
         restore_logging()
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"niaffine: error: {message} (exit code {code}: {errors.EXIT_CODES.get(code, '')})",
+          file=sys.stderr)
+    return code
 
 
 def cli() -> None:

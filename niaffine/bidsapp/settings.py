@@ -5,10 +5,13 @@
 checking everything that can be checked without reading images: paths, their
 placement, writability, the output spaces and the requested device. Each failed
 check raises :class:`~niaffine.bidsapp.errors.BidsAppError` with its exit code.
+Nothing is created here: :func:`make_dirs` creates the folders once every check
+of the run (the BIDS queries included) has passed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -21,6 +24,7 @@ from pathlib import Path
 from niaffine import __version__
 from niaffine.bidsapp import errors
 from niaffine.bidsapp.parser import ANALYSIS_LEVELS
+from niaffine.io import is_inside
 
 LOGGER = logging.getLogger("niaffine.bidsapp")
 BUILTIN_TEMPLATES = ("MNI152NLin2009aSym",)
@@ -131,10 +135,6 @@ def template_label(path: Path) -> str:
     return label or "custom"
 
 
-def _inside(path: Path, parent: Path) -> bool:
-    return path == parent or parent in path.parents
-
-
 def check_output_placement(bids_dir: Path, output_dir: Path, work_dir: Path) -> None:
     """Refuse output/work directories that would write into the input dataset.
 
@@ -150,65 +150,108 @@ def check_output_placement(bids_dir: Path, output_dir: Path, work_dir: Path) -> 
         raise errors.BidsAppError(
             f"output_dir is the input dataset ({bids_dir}); niaffine never writes into "
             "bids_dir: use e.g. <bids_dir>/derivatives/niaffine", errors.EXIT_USAGE)
-    if _inside(output_dir, bids_dir) and not _inside(output_dir, bids_dir / "derivatives"):
+    if is_inside(output_dir, bids_dir) and not is_inside(output_dir, bids_dir / "derivatives"):
         raise errors.BidsAppError(
             f"output_dir {output_dir} is inside bids_dir {bids_dir} but not under "
             f"{bids_dir / 'derivatives'}", errors.EXIT_USAGE)
-    if _inside(bids_dir, output_dir):
+    if is_inside(bids_dir, output_dir):
         raise errors.BidsAppError(
             f"output_dir {output_dir} contains bids_dir {bids_dir}", errors.EXIT_USAGE)
-    if _inside(work_dir, bids_dir):
+    if is_inside(work_dir, bids_dir):
         raise errors.BidsAppError(
             f"work dir {work_dir} is inside bids_dir {bids_dir}; niaffine never writes into "
             "bids_dir: pass -w/--work-dir outside the dataset", errors.EXIT_USAGE)
 
 
-def ensure_writable(path: Path, what: str) -> None:
-    """Create ``path`` and prove it is writable by writing and removing a file.
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Prove that ``path`` can be created and written, without creating it.
+
+    An existing folder gets a one-byte probe file (written and removed: a full file system
+    fails here); a missing one needs its nearest existing ancestor to be a writable folder.
+    Nothing is left behind either way, so a run that stops at a later check leaves no
+    empty folders.
 
     Raises
     ------
     BidsAppError
         With code ``EXIT_CANT_CREATE`` (73).
     """
+    def refuse(reason: str):
+        return errors.BidsAppError(f"cannot write to {what} {path}: {reason}",
+                                   errors.EXIT_CANT_CREATE)
+
+    if not path.exists():
+        ancestor = _existing_ancestor(path)
+        if not ancestor.is_dir():
+            raise refuse(f"{ancestor} is not a folder")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            reason = "Read-only file system" if _read_only(ancestor) else "Permission denied"
+            raise refuse(f"{reason} ({ancestor})")
+        return
+    if not path.is_dir():
+        raise refuse("not a folder")
     probe = path / f".niaffine-write-test-{uuid.uuid4().hex}"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        with open(probe, "wb") as handle:
+            handle.write(b"x")
     except OSError as exc:
-        raise errors.BidsAppError(
-            f"cannot write to {what} {path}: {exc.strerror or exc}", errors.EXIT_CANT_CREATE
-        ) from None
+        raise refuse(exc.strerror or str(exc)) from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
 
 
-def resolve_device(device: str) -> str:
-    """Resolve ``auto``; refuse CUDA where torch has none.
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def make_dirs(settings: Settings, *, work: bool = True) -> None:
+    """Create ``output_dir`` and, with ``work``, the work dir (not for ``--reports-only``).
 
     Raises
     ------
     BidsAppError
-        With code ``EXIT_UNAVAILABLE`` (69) when CUDA is requested but unavailable.
+        With code ``EXIT_CANT_CREATE`` (73).
     """
-    if device in ("cpu", "mps"):
-        return device
-    import torch
+    folders = [("output_dir", settings.output_dir)]
+    if work and settings.analysis_level == "participant" and not settings.reports_only:
+        folders.append(("work dir", settings.work_dir))
+    for what, path in folders:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise errors.BidsAppError(f"cannot write to {what} {path}: {exc.strerror or exc}",
+                                      errors.EXIT_CANT_CREATE) from None
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise errors.BidsAppError(
-                f"--device {device} was requested but CUDA is not available (torch "
-                f"{torch.__version__}, {build}, {torch.cuda.device_count()} GPUs visible); "
-                "use --device cpu or --device auto", errors.EXIT_UNAVAILABLE)
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise errors.BidsAppError(
-                f"--device {device}: only {torch.cuda.device_count()} CUDA devices visible",
-                errors.EXIT_UNAVAILABLE)
-    return device
+
+def resolve_device(device: str) -> str:
+    """Resolve ``auto``; refuse CUDA where torch has none (:mod:`niaffine.devices`).
+
+    Raises
+    ------
+    BidsAppError
+        With code ``EXIT_UNAVAILABLE`` (69) when CUDA is requested but unavailable, or
+        ``EXIT_USAGE_ARGPARSE`` (2) for an unknown device string.
+    """
+    from niaffine.devices import DeviceError
+    from niaffine.devices import resolve_device as _resolve
+    from niaffine.errors import DeviceUnavailableError
+
+    try:
+        return str(_resolve(device))
+    except DeviceError as exc:
+        raise errors.BidsAppError(str(exc), errors.EXIT_USAGE_ARGPARSE) from None
+    except DeviceUnavailableError as exc:
+        raise errors.BidsAppError(str(exc), errors.EXIT_UNAVAILABLE) from None
 
 
 def _spaces(spaces, template_mask):
@@ -272,17 +315,23 @@ def from_args(args, *, check_device: bool = True) -> Settings:
     output_dir = args.output_dir.expanduser().resolve()
     work_dir = (args.work_dir or Path.cwd() / "work").expanduser().resolve()
     check_output_placement(bids_dir, output_dir, work_dir)
-    ensure_writable(output_dir, "output_dir")
+    database_dir = (args.bids_database_dir.expanduser().resolve()
+                    if args.bids_database_dir else None)
+    if database_dir is not None and is_inside(database_dir, bids_dir):
+        raise errors.BidsAppError(
+            f"--bids-database-dir {database_dir} is inside bids_dir {bids_dir}; niaffine never "
+            "writes into bids_dir", errors.EXIT_USAGE)
     participant = args.analysis_level == "participant"
-    if participant and not args.reports_only:
-        ensure_writable(work_dir, "work dir")
-    spaces, template_space, template = _spaces(args.output_spaces, args.template_mask)
-    nprocs = args.nprocs or os.cpu_count() or 1
     device = args.device
     if check_device and participant and not args.reports_only:
-        device = resolve_device(device)
+        device = resolve_device(device)  # before anything is created or written
+    spaces, template_space, template = _spaces(args.output_spaces, args.template_mask)
     if args.use_plugin is not None and not Path(args.use_plugin).is_file():
         raise errors.BidsAppError(f"plugin file not found: {args.use_plugin}", errors.EXIT_USAGE)
+    check_writable(output_dir, "output_dir")
+    if participant and not args.reports_only:
+        check_writable(work_dir, "work dir")
+    nprocs = args.nprocs or os.cpu_count() or 1
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Settings(
         bids_dir=bids_dir,
@@ -293,8 +342,7 @@ def from_args(args, *, check_device: bool = True) -> Settings:
         session_label=tuple(dict.fromkeys(args.session_label or ())),
         bids_filters=dict(args.bids_filters or {}),
         skip_bids_validation=bool(args.skip_bids_validation),
-        bids_database_dir=(args.bids_database_dir.expanduser().resolve()
-                           if args.bids_database_dir else None),
+        bids_database_dir=database_dir,
         modalities=tuple(dict.fromkeys(args.modalities)),
         output_spaces=spaces,
         template_space=template_space,

@@ -94,15 +94,61 @@ def _sidecar(sources, metrics: dict | None = None, **extra) -> dict:
     return data
 
 
-def _put(written: list, src, dst: Path, sidecar: dict | None = None) -> None:
+def _put(tree: drv.OutputTree, written: list, src, dst: Path, sidecar: dict | None = None):
     if not src:
         return
-    drv.copy_file(src, dst)
+    tree.copy_file(src, dst)
     written.append(str(dst))
     if sidecar is not None:
         name = dst.name.replace(".nii.gz", ".json").replace(".nii", ".json")
         name = name[:-4] + ".json" if name.endswith(".txt") else name
-        written.append(str(drv.write_json(dst.with_name(name), sidecar)))
+        written.append(str(tree.write_json(dst.with_name(name), sidecar)))
+
+
+def _implausible(xfm, fixed, moving) -> str | None:
+    """One line when the transform file ``xfm`` (fixed -> moving) is implausible, else None."""
+    import nibabel as nb
+
+    from niaffine.bidsapp.plausibility import transform_problem
+    from niaffine.errors import InputError
+    from niaffine.io import load_transform
+
+    if not xfm or not fixed or not moving:
+        return None
+    try:
+        matrix = load_transform(xfm)
+        problem = transform_problem(matrix, nb.load(str(fixed)), nb.load(str(moving)))
+    except (InputError, OSError, ValueError) as exc:
+        problem = f"cannot be checked ({exc})"
+    if problem is None:
+        return None
+    return (f"implausible registration of {Path(str(moving)).name} to "
+            f"{Path(str(fixed)).name}: {problem}")
+
+
+def _drop_implausible(outputs, fields, t1w, images, template_space):
+    """Check every registration; clear the outputs of the implausible ones in ``fields``.
+
+    Returns the problems (one line each) and the template space, ``None`` when the
+    T1w-to-template registration is implausible (no template-space file is then written).
+    """
+    problems = []
+    normalised = template_space
+    if template_space:
+        problem = _implausible(_first(outputs.get("t1w2template_xfm")),
+                               _first(outputs.get("t1w_template")), t1w)
+        if problem:
+            problems.append(problem)
+            normalised = None
+    for i, image in enumerate(images):
+        xfms = fields["coreg_xfms"]
+        problem = _implausible(xfms[i] if i < len(xfms) else None, t1w, image["path"])
+        if problem:
+            problems.append(problem)
+            for items in fields.values():
+                if i < len(items):
+                    items[i] = None
+    return problems, normalised
 
 
 def _image_suffix(path, src_suffix: str) -> str:
@@ -151,7 +197,18 @@ def sink_subject(output_dir, bids_dir, subject_data: dict, outputs: dict,
     -------
     written : list of str
         Every file written (derivatives, sidecars, figures).
+
+    Raises
+    ------
+    ImplausibleRegistrationError
+        After writing everything else, when a registration's transform is outside the
+        bounds of :mod:`niaffine.bidsapp.plausibility` (its files are not written).
+    UnsafeOutputError
+        When a destination resolves into ``bids_dir``.
     """
+    from niaffine.bidsapp.plausibility import ImplausibleRegistrationError
+
+    tree = drv.OutputTree(Path(output_dir), Path(bids_dir))
     sub, ses = subject_data["subject"], subject_data.get("session")
     t1w, images = subject_data["t1w"], list(subject_data.get("images", []))
     prefix = drv.subject_prefix(sub, ses)
@@ -165,26 +222,27 @@ def sink_subject(output_dir, bids_dir, subject_data: dict, outputs: dict,
         return anat / drv.build_name(prefix + entities, suffix, ext)
 
     t1w_ref = anat_name([("desc", "preproc")], "T1w")
-    _put(written, _first(outputs.get("t1w_preproc")), t1w_ref,
+    _put(tree, written, _first(outputs.get("t1w_preproc")), t1w_ref,
          _sidecar(t1w_src, SkullStripped=False))
     t1w_ref_uri = "bids::" + t1w_ref.relative_to(output_dir).as_posix()
-    _put(written, _first(outputs.get("t1w_mask")), anat_name([("desc", "brain")], "mask"),
-         _sidecar(t1w_src, Type="Brain"))
-    _put(written, _first(outputs.get("t1w_brain")), anat_name([("desc", "brain")], "T1w"),
-         _sidecar(t1w_src, SkullStripped=True))
-    if template_space:
+    _put(tree, written, _first(outputs.get("t1w_mask")),
+         anat_name([("desc", "brain")], "mask"), _sidecar(t1w_src, Type="Brain"))
+    _put(tree, written, _first(outputs.get("t1w_brain")),
+         anat_name([("desc", "brain")], "T1w"), _sidecar(t1w_src, SkullStripped=True))
+    fields = {k: _as_list(outputs.get(k)) for k in
+              ("coreg_xfms", "t1w2image_xfms", "images_t1w", "images_template")}
+    problems, normalised = _drop_implausible(outputs, fields, t1w, images, template_space)
+    if normalised:
         fwd = [("from", "T1w"), ("to", template_space), ("mode", "image")]
         inv = [("from", template_space), ("to", "T1w"), ("mode", "image")]
-        _put(written, _first(outputs.get("t1w2template_xfm")), anat_name(fwd, "xfm", ".txt"),
-             _sidecar(t1w_src, metrics_tpl))
-        _put(written, _first(outputs.get("template2t1w_xfm")), anat_name(inv, "xfm", ".txt"),
-             _sidecar(t1w_src, metrics_tpl))
-        _put(written, _first(outputs.get("t1w_template")),
+        _put(tree, written, _first(outputs.get("t1w2template_xfm")),
+             anat_name(fwd, "xfm", ".txt"), _sidecar(t1w_src, metrics_tpl))
+        _put(tree, written, _first(outputs.get("template2t1w_xfm")),
+             anat_name(inv, "xfm", ".txt"), _sidecar(t1w_src, metrics_tpl))
+        _put(tree, written, _first(outputs.get("t1w_template")),
              anat_name([("space", template_space), ("desc", "preproc")], "T1w"),
              _sidecar(t1w_src, metrics_tpl, SkullStripped=False))
 
-    fields = {k: _as_list(outputs.get(k)) for k in
-              ("coreg_xfms", "t1w2image_xfms", "images_t1w", "images_template")}
     for i, image in enumerate(images):
         _, suffix, _ = drv.parse_name(image["path"])
         suffix = image.get("suffix") or suffix
@@ -199,11 +257,11 @@ def sink_subject(output_dir, bids_dir, subject_data: dict, outputs: dict,
 
         fwd = ents + [("from", suffix), ("to", "T1w"), ("mode", "image")]
         inv = ents + [("from", "T1w"), ("to", suffix), ("mode", "image")]
-        _put(written, field("coreg_xfms"), folder / drv.build_name(fwd, "xfm", ".txt"),
+        _put(tree, written, field("coreg_xfms"), folder / drv.build_name(fwd, "xfm", ".txt"),
              _sidecar(pair, metrics_img[i]))
-        _put(written, field("t1w2image_xfms"), folder / drv.build_name(inv, "xfm", ".txt"),
-             _sidecar(pair, metrics_img[i]))
-        for space, key in (("T1w", "images_t1w"), (template_space, "images_template")):
+        _put(tree, written, field("t1w2image_xfms"),
+             folder / drv.build_name(inv, "xfm", ".txt"), _sidecar(pair, metrics_img[i]))
+        for space, key in (("T1w", "images_t1w"), (normalised, "images_template")):
             path = field(key)
             if space and path:
                 name = drv.build_name(drv.with_space(ents, space), _image_suffix(path, suffix),
@@ -211,15 +269,17 @@ def sink_subject(output_dir, bids_dir, subject_data: dict, outputs: dict,
                 extra = {"SkullStripped": False}
                 if space == "T1w":
                     extra["SpatialReference"] = t1w_ref_uri
-                _put(written, path, folder / name, _sidecar(pair, metrics_img[i], **extra))
+                _put(tree, written, path, folder / name, _sidecar(pair, metrics_img[i], **extra))
 
     figures = Path(output_dir) / f"sub-{sub}" / "figures"
     for path, name in zip(_as_list(outputs.get("reportlets")),
                           _figure_names(prefix, images, template_space,
                                         len(_as_list(outputs.get("reportlets"))))):
-        _put(written, path, figures / name)
+        _put(tree, written, path, figures / name)
     LOGGER.info("sub-%s%s: %d derivatives written", sub, f" ses-{ses}" if ses else "",
                 len(written))
+    if problems:
+        raise ImplausibleRegistrationError("; ".join(problems))
     return written
 
 
@@ -259,6 +319,7 @@ class SubjectSink(SimpleInterface):
 
 class _SubjectReportInputSpec(BaseInterfaceInputSpec):
     output_dir = traits.Str(mandatory=True, desc="derivatives root")
+    bids_dir = traits.Str(mandatory=True, desc="raw dataset root (never written into)")
     subject = traits.Str(mandatory=True, desc="subject label")
     in_files = traits.List(traits.Any, desc="files written by the subject's sinks (ordering)")
 
@@ -277,6 +338,7 @@ class SubjectReport(SimpleInterface):
     def _run_interface(self, runtime):
         from niaffine.bidsapp.reports import write_subject_report
 
-        path = write_subject_report(self.inputs.output_dir, self.inputs.subject)
+        tree = drv.OutputTree(Path(self.inputs.output_dir), Path(self.inputs.bids_dir))
+        path = write_subject_report(tree, self.inputs.subject)
         self._results["out_report"] = str(path)
         return runtime

@@ -107,7 +107,8 @@ def init_niaffine_wf(settings: Settings, subjects: list[dict]):
     for subject, sinks in by_subject.items():
         merge = pe.Node(niu.Merge(len(sinks)), name=f"sub_{subject}_merge",
                         run_without_submitting=True)
-        report = pe.Node(SubjectReport(output_dir=str(settings.output_dir), subject=subject),
+        report = pe.Node(SubjectReport(output_dir=str(settings.output_dir),
+                                       bids_dir=str(settings.bids_dir), subject=subject),
                          name=f"sub_{subject}_report", run_without_submitting=True)
         for i, sink in enumerate(sinks, start=1):
             workflow.connect(sink, "out_files", merge, f"in{i}")

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import DeviceMemoryError, DeviceUnavailableError, InputError
+from ..devices import resolve_device  # the one resolver, re-exported: engine.resolve_device
+from ..errors import DeviceMemoryError, InputError
 from ..presets import preset_options
 from . import metrics as M
 from .frames import voxel_centres
@@ -43,23 +44,6 @@ DEFAULT_LEVELS_MM = (8.0, 4.0, 2.0, 1.0)
 FOREGROUND = 0.05
 #: Loss added per unit of overlap lost beyond half of a level's starting overlap.
 OVERLAP_PENALTY = 4.0
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU raises
-    :class:`~niaffine.errors.DeviceUnavailableError`."""
-    if isinstance(device, torch.device):
-        return device
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"device={device!r} is not a device (auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailableError(
-            f"device={device} was requested but CUDA is not available on this machine")
-    return dev
 
 
 def register(fixed, moving, *, fixed_mask=None, moving_mask=None, initial_matrix=None,

@@ -86,25 +86,19 @@ def derived_name(
 
 
 def resolve_device(device: str = "cpu", use_gpu: bool = False) -> str:
-    """The torch device an interface runs on.
+    """The torch device an interface runs on, through :func:`niaffine.devices.resolve_device`.
 
-    ``use_gpu`` asks for CUDA; ``"auto"`` takes CUDA when torch sees it.
+    ``use_gpu`` asks for CUDA; ``"auto"`` takes CUDA when torch sees it; CUDA without a GPU
+    raises :class:`niaffine.errors.DeviceUnavailableError`.
 
     Examples
     --------
     >>> resolve_device("cpu", use_gpu=False)
     'cpu'
     """
-    import torch
+    from niaffine.devices import resolve_device as _resolve
 
-    device = str(device or "cpu")
-    if use_gpu and not device.startswith("cuda"):
-        device = "cuda"
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was requested but torch sees no CUDA device")
-    return device
+    return str(_resolve(device or "cpu", use_gpu=use_gpu))
 
 
 @contextlib.contextmanager

@@ -7,19 +7,17 @@ from __future__ import annotations
 def resolve_build_device(device: str = "cpu") -> str:
     """The device nodes are built for: ``"auto"`` becomes ``"cuda"`` where torch sees one.
 
+    A CUDA device is not looked up (a graph may be built on a submit host for GPU nodes);
+    an unknown string raises :class:`niaffine.devices.DeviceError`. See :mod:`niaffine.devices`.
+
     Examples
     --------
     >>> resolve_build_device("cpu"), resolve_build_device("cuda:1")
     ('cpu', 'cuda:1')
     """
-    device = str(device or "cpu")
-    if device == "auto":
-        import torch
+    from niaffine.devices import resolve_device
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto")
-    return device
+    return str(resolve_device(device or "cpu", check=False))
 
 
 def compute_settings(device: str, omp_nthreads: int) -> dict:

@@ -3,7 +3,9 @@
 
 import functools
 import json
+import os
 import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -23,6 +25,43 @@ def install_fake_workflows(monkeypatch, **kwargs):
     module.init_single_subject_wf = functools.partial(fake_workflow.init_single_subject_wf,
                                                       **kwargs)
     monkeypatch.setitem(sys.modules, "niaffine.workflows.base", module)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+#: ``python -c`` program: the BIDS-App with the stand-in workflow (its keywords in $FAKE_KW).
+_APP = (
+    "import functools, json, os, sys, types\n"
+    "from tests.bidsapp import fake_workflow\n"
+    "m = types.ModuleType('niaffine.workflows.base')\n"
+    "m.init_single_subject_wf = functools.partial(fake_workflow.init_single_subject_wf,\n"
+    "                                             **json.loads(os.environ['FAKE_KW']))\n"
+    "sys.modules['niaffine.workflows.base'] = m\n"
+    "from niaffine.bidsapp.run import main\n"
+    "sys.exit(main(sys.argv[1:]))\n")
+
+
+def snapshot(root: Path) -> dict:
+    """``{relative path: (size, mtime)}`` of everything under ``root`` (to prove it untouched)."""
+    return {p.relative_to(root).as_posix(): (p.lstat().st_size, p.lstat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+def run_app(capsys, *argv) -> tuple[int, str]:
+    """``main(argv)`` in this process: exit code and everything printed."""
+    from niaffine.bidsapp.run import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def start_app(*argv, fake=None, **popen) -> subprocess.Popen:
+    """The BIDS-App (stand-in workflow) in its own process and session, output captured."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "FAKE_KW": json.dumps(fake or {})}
+    return subprocess.Popen([sys.executable, "-c", _APP, *map(str, argv)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **popen)
 
 
 @pytest.fixture(scope="session")

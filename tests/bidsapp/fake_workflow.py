@@ -14,23 +14,34 @@ FIELDS = ["t1w_preproc", "t1w_mask", "t1w_brain", "t1w2template_xfm", "template2
           "images_template", "reportlets", "metrics"]
 
 
-def fake_outputs(subject_data, template_space, fail_subject, fail_input):
-    """Write identity outputs in the node's folder (self-contained for nipype's Function)."""
+def fake_outputs(subject_data, template_space, fail_subject, fail_input, pid_dir, sleep_s,
+                 xfm_offset):
+    """Write identity outputs in the node's folder (self-contained for nipype's Function).
+
+    With ``pid_dir`` the process announces itself there (``<subject>-<pid>``, so a test can
+    kill it) and then sleeps ``sleep_s`` seconds. ``xfm_offset`` (mm) is the translation of
+    every coregistration (0: the identity).
+    """
     import json
     import os
+    import time
 
     import nibabel as nb
     import numpy as np
 
+    if pid_dir:
+        open(os.path.join(pid_dir, f"{subject_data['subject']}-{os.getpid()}"), "w").close()
+        time.sleep(sleep_s)
     if subject_data["subject"] == fail_subject:
         raise RuntimeError(f"simulated failure of sub-{fail_subject}")
     if subject_data["subject"] == fail_input:
         from niaffine.errors import InputError
 
         raise InputError(f"moving image {subject_data['t1w']} holds non-finite values")
-    identity = ("#Insight Transform File V1.0\n#Transform 0\n"
-                "Transform: AffineTransform_double_3_3\n"
-                "Parameters: 1 0 0 0 1 0 0 0 1 0 0 0\nFixedParameters: 0 0 0\n")
+    identity, coreg = (("#Insight Transform File V1.0\n#Transform 0\n"
+                        "Transform: AffineTransform_double_3_3\n"
+                        f"Parameters: 1 0 0 0 1 0 0 0 1 {t} {t} {t}\nFixedParameters: 0 0 0\n")
+                       for t in (0, xfm_offset))
     cwd = os.getcwd()
 
     def save(data, ref, name):
@@ -80,7 +91,7 @@ def fake_outputs(subject_data, template_space, fail_subject, fail_input):
         arr = np.asarray(img.dataobj, dtype=np.float32)
         if arr.ndim == 4:
             arr = arr.mean(axis=-1)
-        out["coreg_xfms"].append(text(f"coreg{i}.txt", identity))
+        out["coreg_xfms"].append(text(f"coreg{i}.txt", coreg))
         out["t1w2image_xfms"].append(text(f"inv{i}.txt", identity))
         out["images_t1w"].append(save(arr, img, f"image{i}_t1w.nii.gz"))
         if template_space:
@@ -98,17 +109,21 @@ def init_single_subject_wf(*, subject_data, output_spaces=("T1w", "MNI152NLin200
                            metric="mi", resample_bold=False, device="cpu", seed=0,
                            omp_nthreads=1, precomputed_brainmask=False,
                            precomputed_normalisation=False,
-                           name="single_subject_wf", fail_subject="", fail_input=""):
+                           name="single_subject_wf", fail_subject="", fail_input="",
+                           pid_dir="", sleep_s=0.0, xfm_offset=0.0):
     """Same signature and outputnode as the real factory."""
     workflow = pe.Workflow(name=name)
     spaces = [s for s in output_spaces if s != "T1w"]
     fake = pe.Node(niu.Function(input_names=["subject_data", "template_space", "fail_subject",
-                                             "fail_input"],
+                                             "fail_input", "pid_dir", "sleep_s", "xfm_offset"],
                                 output_names=FIELDS, function=fake_outputs), name="fake")
     fake.inputs.subject_data = subject_data
     fake.inputs.template_space = spaces[0] if spaces else ""
     fake.inputs.fail_subject = fail_subject
     fake.inputs.fail_input = fail_input
+    fake.inputs.pid_dir = pid_dir
+    fake.inputs.sleep_s = sleep_s
+    fake.inputs.xfm_offset = xfm_offset
     outputnode = pe.Node(niu.IdentityInterface(fields=FIELDS), name="outputnode")
     workflow.connect([(fake, outputnode, [(f, f) for f in FIELDS])])
     return workflow

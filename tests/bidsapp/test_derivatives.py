@@ -45,7 +45,7 @@ def _job(args):
     out, bids, extra, n = args
     drv.BIDSIGNORE = drv.BIDSIGNORE + (extra,)  # each job brings its own pattern
     for i in range(n):
-        drv.init_output_dir(out, bids)
+        drv.init_output_dir(drv.OutputTree(Path(out), Path(bids)))
         drv.write_text(Path(out) / f"sub-{extra}" / f"file{i}.txt", f"{extra} {i}")
     return extra
 

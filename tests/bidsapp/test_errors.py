@@ -7,14 +7,13 @@ All of these fail before any registration runs (or use the fast stand-in workflo
 import gzip
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
 from niaffine.bidsapp import errors, queries
 from niaffine.bidsapp.run import main
 
-from .conftest import install_fake_workflows, write_skeleton
+from .conftest import install_fake_workflows, start_app, write_skeleton
 
 
 def listing(root):
@@ -214,29 +213,13 @@ def test_bids_filter_file_selects(tmp_path, dirs, capsys, monkeypatch):
 
 def test_two_jobs_share_output_dir(tmp_path):
     """Two participant jobs at once (one per subject) into one output_dir lose nothing."""
-    import os
-    import subprocess
-    import sys
-
     bids = write_skeleton(tmp_path / "bids", subjects=("01", "02"))
     out = tmp_path / "out"
-    code = (
-        "import sys, types\n"
-        "from tests.bidsapp import fake_workflow\n"
-        "m = types.ModuleType('niaffine.workflows.base')\n"
-        "m.init_single_subject_wf = fake_workflow.init_single_subject_wf\n"
-        "sys.modules['niaffine.workflows.base'] = m\n"
-        "from niaffine.bidsapp.run import main\n"
-        "sys.exit(main(sys.argv[1:]))\n")
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    jobs = [subprocess.Popen([sys.executable, "-c", code, str(bids), str(out), "participant",
-                              "-w", str(tmp_path / f"work{sub}"), "--plugin", "Linear",
-                              "--skip-bids-validation", "--participant-label", sub,
-                              "--device", "cpu"],
-                             cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    jobs = [start_app(bids, out, "participant", "-w", tmp_path / f"work{sub}", "--plugin",
+                      "Linear", "--skip-bids-validation", "--participant-label", sub,
+                      "--device", "cpu")
             for sub in ("01", "02")]
-    outputs = [job.communicate(timeout=300)[0].decode() for job in jobs]
+    outputs = [job.communicate(timeout=300)[0] for job in jobs]
     assert [job.returncode for job in jobs] == [0, 0], outputs
     for sub in ("01", "02"):
         assert (out / f"sub-{sub}.html").is_file()
