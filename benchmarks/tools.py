@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,10 +94,10 @@ def niaffine_options(value: str | dict | None) -> dict:
         return dict(value)
     if value in NIAFFINE_PRESETS:
         return dict(NIAFFINE_PRESETS[value])
-    text = Path(value).read_text() if not value.lstrip().startswith("{") else value
     try:
+        text = value if value.lstrip().startswith("{") else Path(value).read_text()
         options = json.loads(text)
-    except json.JSONDecodeError as err:
+    except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"niaffine options {value!r}: not a preset "
                          f"({', '.join(NIAFFINE_PRESETS)}), JSON object or JSON file") from err
     if not isinstance(options, dict):
@@ -139,19 +140,17 @@ def version(tool: str) -> str:
 
 
 def limit_threads(threads: int) -> None:
-    """Limit every tool to ``threads`` (environment first, then torch if present).
+    """Limit every tool to ``threads``: the environment, and torch if it is already imported.
 
     The environment variables only bind libraries loaded afterwards: the benchmark sets them
-    in the environment of each worker process before anything is imported.
+    in the environment of each worker process before anything is imported (the torch-based
+    runners also call ``torch.set_num_threads`` themselves).
     """
     for var in THREAD_VARIABLES:
         os.environ[var] = str(threads)
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a niaffine dependency
-        return
-    torch.set_num_threads(threads)
-
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 def where(tool: str) -> str:
     """Where a tool is installed (a file or a package folder), or why it cannot run."""

@@ -32,10 +32,13 @@ def _robust_unit(data: np.ndarray) -> np.ndarray:
 
 
 def run_niaffine(fixed, moving, *, dof=12, device="cpu", seed=0, fixed_mask=None,
-                 moving_mask=None, options=None, **_):
+                 moving_mask=None, threads=2, options=None, **_):
     """niaffine ``register(..., metric="auto")``; ``options`` go to `register` as they are."""
+    import torch
+
     from niaffine.engine import register
 
+    torch.set_num_threads(int(threads))
     kwargs = {"dof": dof, "metric": "auto", "device": device, "seed": seed, **(options or {})}
     start = time.perf_counter()
     result = register(fixed, moving, fixed_mask=fixed_mask, moving_mask=moving_mask, **kwargs)
@@ -77,7 +80,7 @@ def run_ants(fixed, moving, *, dof=12, seed=0, fixed_mask=None, moving_mask=None
     return matrix, seconds, {"aff_metric": metric}
 
 
-def run_torchreg(fixed, moving, *, dof=12, device="cpu", seed=0, **_):
+def run_torchreg(fixed, moving, *, dof=12, device="cpu", seed=0, threads=2, **_):
     """torchreg ``AffineRegistration`` (its defaults; shears on for 12 dof) on a common grid.
 
     Both images are resampled (linear) onto a RAS grid covering both fields of view, with the
@@ -90,6 +93,7 @@ def run_torchreg(fixed, moving, *, dof=12, device="cpu", seed=0, **_):
 
     if dof not in (9, 12):
         raise ValueError("the torchreg runner implements dof 9 and 12 only")
+    torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
     dev = torch.device("cuda" if device == "cuda" else "cpu")
     prep = time.perf_counter()
