@@ -1,11 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Conversions used by the benchmark harness: torchreg theta and ANTs files to world matrices."""
+"""Conversions of tool outputs to world matrices: torchreg theta, ANTs and elastix transforms."""
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from benchmarks import tools
+from benchmarks.peers import common as tools
 from niaffine.data import synthetic, templates
 
 
@@ -104,37 +104,6 @@ def test_ants_file_to_world_matrix(small_pair, tmp_path):
     assert _corr(by_ants, by_nt) > 0.999
 
 
-def _rows():
-    rows = []
-    for tool, err, sec in (("niaffine", 0.1, 2.0), ("ants", 0.05, 20.0), ("torchreg", 4.0, 10.0)):
-        for case in range(3):
-            rows.append({"tool": tool, "contrast": "T2", "case": case, "seed": [0, case],
-                         "status": "ok", "mean_error_mm": err * (1 + case),
-                         "max_error_mm": 2 * err, "seconds": sec, "peak_rss_mb": 500.0})
-    rows.append({"tool": "ants", "contrast": "T2", "case": 3, "seed": [0, 3],
-                 "status": "timeout", "message": "no result"})
-    return rows
-
-
-def test_summary_and_docs_section(tmp_path):
-    from benchmarks import report
-
-    summary = {s["tool"]: s for s in report.summarise(_rows())}
-    assert summary["ants"]["cases"] == 4 and summary["ants"]["failures"] == 1
-    assert summary["ants"]["time_ratio"] == pytest.approx(10.0)
-    assert summary["torchreg"]["failures"] == 3
-    assert summary["niaffine"]["median_error_mm"] == pytest.approx(0.2)
-    doc = tmp_path / "benchmarks.md"
-    doc.write_text(f"# B\n\nintro\n\n{report.BEGIN_MARK}\nold\n{report.END_MARK}\n\nafter\n")
-    report.update_docs_section(doc, list(summary.values()), {"date": "today"},
-                               "benchmarks/results.md", "benchmarks/error_vs_time.png")
-    text = doc.read_text()
-    assert "old" not in text and "after" in text and "| T2 | ants | 4 |" in text
-    report.write_raw(_rows(), tmp_path)
-    assert (tmp_path / "results.csv").read_text().count("\n") == 11
-    assert report.plot_error_vs_time(_rows(), tmp_path / "plot.png").is_file()
-
-
 def test_torchreg_theta_of_a_pure_translation():
     """A world translation is a pure translation in normalised units, with axes reversed."""
     grid = np.diag([1.0, 1.0, 1.0, 1.0])
@@ -149,17 +118,50 @@ def test_torchreg_theta_of_a_pure_translation():
     assert np.allclose(tools.torchreg_theta_to_world(theta, grid, shape), shift)
 
 
-def test_batch_table_names_device_speedup_and_agreement():
-    from benchmarks import report
+def test_elastix_parameters_become_the_itk_transform_in_ras():
+    """elastix's parameters (LPS, centre) equal ITK's own AffineTransform, flipped to RAS."""
+    itk = pytest.importorskip("itk")
+    linear = [0.98, 0.1, 0.0, -0.1, 0.99, 0.05, 0.0, -0.04, 1.02]
+    translation, centre = [3.0, -5.0, 7.0], [1.0, 18.0, 8.0]
+    params = {"Transform": ["AffineTransform"], "TransformParameters": list(map(str, linear
+              + translation)), "CenterOfRotationPoint": list(map(str, centre))}
+    matrix = tools.elastix_parameters_to_world(params)
+    tx = itk.AffineTransform[itk.D, 3].New()
+    tx.SetCenter(centre)
+    p = tx.GetParameters()
+    for i, v in enumerate(linear + translation):
+        p[i] = v
+    tx.SetParameters(p)
+    point = np.array([12.0, -30.0, 25.0])  # RAS
+    expected = tools.LPS[:3, :3] @ np.asarray(tx.TransformPoint(list(tools.LPS[:3, :3] @ point)))
+    assert np.allclose(nib.affines.apply_affine(matrix, point), expected)
 
-    mode = {"seconds": 2.0, "pairs_per_second": 4.0, "median_error_mm": 0.06, "max_error_mm": 0.08}
-    batch = {"pairs": 8, "contrast": "T1", "device": "cuda", "gpu": "NVIDIA H200",
-             "sequential": {**mode, "seconds": 8.0, "pairs_per_second": 1.0}, "batched": mode,
-             "speedup": 4.0, "max_batch_difference_mm": 0.0021, "peak_gpu_memory_mb_one": 900.0,
-             "peak_gpu_memory_mb": 6000.0}
-    table = report.batch_table(batch)
-    assert "8 pairs of T1 on NVIDIA H200" in table and "speed-up 4.00x" in table
-    assert "0.0021 mm" in table and "| 8 | batched | 2.00 | 4.00 | 0.060 | 0.080 |" in table
-    assert "900 MB one by one, 6000 MB batched" in table
-    cpu = report.batch_table({**batch, "gpu": None, "threads": 2})
-    assert "on cuda, 2 threads" in cpu
+
+def test_elastix_conversion_rejects_other_transforms():
+    with pytest.raises(ValueError, match="AffineTransform"):
+        tools.elastix_parameters_to_world({"Transform": ["EulerTransform"]})
+    params = {"Transform": ["AffineTransform"], "TransformParameters": ["1"] * 12,
+              "CenterOfRotationPoint": ["0"] * 3,
+              "InitialTransformParameterFileName": ["init.txt"]}
+    with pytest.raises(ValueError, match="chained"):
+        tools.elastix_parameters_to_world(params)
+
+
+def test_matrix_text_files(tmp_path):
+    """NiftyReg writes 4 x 4 rows; MRtrix adds '#' comment lines; 3 x 4 is completed."""
+    path = tmp_path / "a.txt"
+    path.write_text("# centre: 1 2 3\n1 0 0 5\n0 1 0 -2\n0 0 1 3\n0 0 0 1\n")
+    assert np.allclose(tools.read_matrix_text(path)[:3, 3], [5, -2, 3])
+    path.write_text("1 0 0 5\n0 1 0 -2\n0 0 1 3\n")
+    assert np.allclose(tools.read_matrix_text(path)[3], [0, 0, 0, 1])
+    path.write_text("1 0\n0 1\n")
+    with pytest.raises(ValueError, match="4 x 4"):
+        tools.read_matrix_text(path)
+
+
+def test_saved_nifti_has_one_world_for_every_reader(tmp_path):
+    img = nib.Nifti1Image(np.zeros((3, 4, 5), np.int16), np.diag([-2.0, 2.0, 3.0, 1.0]))
+    img.set_qform(np.eye(4), code=2)  # a qform that disagrees with the sform
+    saved = nib.load(tools.save_nifti(img, tmp_path / "x.nii"))
+    assert saved.get_data_dtype() == np.float32
+    assert np.allclose(saved.get_qform(), img.affine) and np.allclose(saved.get_sform(), img.affine)
