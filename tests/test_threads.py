@@ -77,3 +77,25 @@ def test_register_cli_sets_policy_and_threads(tmp_path):
             f"'-o', {str(tmp_path / 'x.txt')!r}, '--threads', '1'])\n"
             "assert code == 65, code\n" + REPORT)
     assert _python(code) == {"policy": "PASSIVE", "omp": "1", "torch": 1}
+
+
+def test_bids_app_sets_policy_before_torch_and_its_workers_inherit_it():
+    """``niaffine ...``: the policy is in the environment before anything loads torch, so the
+    processes MultiProc starts for the nodes inherit it."""
+    code = ("import json, multiprocessing as mp, os, sys\n"
+            "from niaffine.bidsapp.run import main\n"
+            "assert main(['--version']) == 0 and 'torch' not in sys.modules\n"
+            "ctx = mp.get_context('spawn')\n"
+            "with ctx.Pool(1) as pool:\n"
+            "    child = pool.apply(os.getenv, ('OMP_WAIT_POLICY',))\n"
+            "print(json.dumps({'policy': os.environ.get('OMP_WAIT_POLICY'), 'child': child}))")
+    assert _python(code) == {"policy": "PASSIVE", "child": "PASSIVE"}
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity")
+def test_bids_app_nprocs_default_follows_the_affinity(tmp_path):
+    code = ("import json; from niaffine.bidsapp.parser import build_parser\n"
+            "from niaffine.bidsapp import settings\n"
+            "args = build_parser().parse_args(['/nonexistent', '/tmp/out', 'participant'])\n"
+            "print(json.dumps({'nprocs': args.nprocs or settings.available_cpus()}))")
+    assert _python(code, cpus={0}) == {"nprocs": 1}

@@ -19,7 +19,7 @@ from niaffine.devices import device_argument
 ANALYSIS_LEVELS = ("participant", "group")
 MODALITIES = ("T2w", "FLAIR", "PDw", "bold", "dwi")
 DEFAULT_SPACES = ("T1w", "MNI152NLin2009aSym")
-METRICS = ("mi", "ncc", "lncc", "mse", "cr", "auto")
+METRICS = ("auto", "mi", "nmi", "ncc", "lncc", "mse", "cr")
 DOFS_TEMPLATE = (6, 7, 9, 12)
 DOFS_COREG = (3, 6, 7, 9, 12)
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
@@ -178,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--dof-coreg", dest="dof_coreg", type=int, choices=DOFS_COREG, default=6,
         help="degrees of freedom of the image-to-T1w coregistrations",
     )
-    what.add_argument("--metric", choices=METRICS, default="mi", help="similarity metric")
+    what.add_argument("--metric", choices=METRICS, default="auto",
+                      help="similarity metric; auto: each registration's preset (mutual "
+                           "information within the subject, normalised MI to the template)")
     what.add_argument(
         "--resample-bold", dest="resample_bold", action="store_true",
         help="resample whole BOLD series (not only their reference) into the output spaces",
@@ -200,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--omp-nthreads", dest="omp_nthreads", type=_positive_int, default=None,
-        help="threads per registration (default: min(nprocs, 8))",
+        help="threads per registration (default: min(nprocs, 8)); set in the environment "
+        "with OMP_WAIT_POLICY=PASSIVE before torch loads",
     )
     run.add_argument(
         "--mem", "--mem-gb", "--mem_gb", dest="mem_gb", type=_memory_gb, default=None,

@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from niaffine import __version__
+from niaffine import __version__, threads
 from niaffine.bidsapp import crashes as crashes_mod
 from niaffine.bidsapp import derivatives as drv
 from niaffine.bidsapp import errors, guards
@@ -338,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     argv : list of str, optional
         Arguments without the program name (default ``sys.argv[1:]``).
     """
+    threads.configure_environment()  # before anything loads torch (see niaffine.threads)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -347,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _sigterm_raises():
             settings = from_args(args)
+            threads.configure(settings.omp_nthreads)  # inherited by MultiProc's workers
             if settings.analysis_level == "group":
                 return run_group(settings)
             return run_participant(settings)

@@ -25,6 +25,7 @@ from niaffine import __version__
 from niaffine.bidsapp import errors
 from niaffine.bidsapp.parser import ANALYSIS_LEVELS
 from niaffine.io import is_inside
+from niaffine.threads import available_cpus
 
 LOGGER = logging.getLogger("niaffine.bidsapp")
 BUILTIN_TEMPLATES = ("MNI152NLin2009aSym",)
@@ -54,7 +55,7 @@ class Settings:
     template_mask: Path | None = None
     dof: int = 12
     dof_coreg: int = 6
-    metric: str = "mi"
+    metric: str = "auto"
     resample_bold: bool = False
     reports_only: bool = False
     nprocs: int = 1
@@ -331,7 +332,7 @@ def from_args(args, *, check_device: bool = True) -> Settings:
     check_writable(output_dir, "output_dir")
     if participant and not args.reports_only:
         check_writable(work_dir, "work dir")
-    nprocs = args.nprocs or os.cpu_count() or 1
+    nprocs = args.nprocs or available_cpus()
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Settings(
         bids_dir=bids_dir,

@@ -94,7 +94,7 @@ def init_single_subject_wf(
     template_mask: str | None = None,
     dof_template: int = 12,
     dof_coreg: int = 6,
-    metric: str = "mi",
+    metric: str = "auto",
     resample_bold: bool = False,
     device: str = "cpu",
     seed: int = 0,

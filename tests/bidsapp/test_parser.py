@@ -16,7 +16,7 @@ def test_defaults():
     assert args.analysis_level == "participant"
     assert args.output_spaces == list(DEFAULT_SPACES)
     assert args.modalities == list(MODALITIES)
-    assert (args.dof, args.dof_coreg, args.metric, args.device) == (12, 6, "mi", "auto")
+    assert (args.dof, args.dof_coreg, args.metric, args.device) == (12, 6, "auto", "auto")
     assert args.participant_label is None and args.work_dir is None
     assert not args.skip_bids_validation and not args.reports_only
 
