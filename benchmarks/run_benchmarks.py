@@ -117,6 +117,22 @@ def tool_options(args) -> dict[str, dict]:
     return options
 
 
+def case_options(options: dict | None, case: dict) -> dict | None:
+    """niaffine's options for one case: inter-subject cases get the ``template`` preset.
+
+    That is what the BIDS-App runs for a T1w brain to the template (``init_template_wf``);
+    a variant that names its own preset keeps it.
+
+    >>> case_options({}, {"set": "intersubject"})
+    {'preset': 'template'}
+    >>> case_options({"preset": "fast"}, {"set": "intersubject"}), case_options(None, {"set": "heads"})
+    ({'preset': 'fast'}, None)
+    """
+    if options is None or case.get("set") != "intersubject":
+        return options
+    return {"preset": "template", **options}
+
+
 # --- workers --------------------------------------------------------------------------------
 
 def _load(path):
@@ -383,7 +399,7 @@ def main(argv=None) -> int:
                     with busy_load(args.load_processes) if phase == "loaded" else nullcontext():
                         for repeat in range(args.repeats):
                             row = run_worker(tool, case, args, work, phase=phase, repeat=repeat,
-                                             options=options.get(tool))
+                                             options=case_options(options.get(tool), case))
                             rows.append(row)
                             _log(row)
             add_distances(rows, case)

@@ -40,11 +40,16 @@ def preset_options(name: str | None, given: dict) -> dict:
     {'edge_mm': 0.0, 'metric': 'mi'}
     >>> preset_options(None, {"dof": 6})
     {'dof': 6}
+    >>> preset_options("template", {"metric": "auto"})["metric"]
+    'nmi'
+
     """
     from .errors import InputError
 
     if name is None:
         name = "default"
+    if given.get("metric") == "auto":  # "auto" means the preset's metric
+        given = {k: v for k, v in given.items() if k != "metric"}
     if name not in PRESETS:
         raise InputError(f"preset={name!r} is not one of {', '.join(PRESETS)}")
     return {**PRESETS[name], **given}
