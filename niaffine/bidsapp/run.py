@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import signal
 import sys
@@ -93,7 +94,12 @@ def _sigterm_raises():
         yield
         return
 
+    main_pid = os.getpid()
+
     def handler(signum, frame):
+        if os.getpid() != main_pid:  # a forked child (a plugin's worker): just end
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
         raise errors.Terminated(signum)
 
     previous = signal.signal(signal.SIGTERM, handler)

@@ -19,7 +19,7 @@ def fake_outputs(subject_data, template_space, fail_subject, fail_input, pid_dir
     """Write identity outputs in the node's folder (self-contained for nipype's Function).
 
     With ``pid_dir`` the process announces itself there (``<subject>-<pid>``, so a test can
-    kill it) and then sleeps ``sleep_s`` seconds. ``xfm_offset`` (mm) is the translation of
+    kill it) and then sleeps ``sleep_s`` seconds, or until a file ``go`` appears there. ``xfm_offset`` (mm) is the translation of
     every coregistration (0: the identity).
     """
     import json
@@ -31,7 +31,9 @@ def fake_outputs(subject_data, template_space, fail_subject, fail_input, pid_dir
 
     if pid_dir:
         open(os.path.join(pid_dir, f"{subject_data['subject']}-{os.getpid()}"), "w").close()
-        time.sleep(sleep_s)
+        deadline = time.monotonic() + sleep_s
+        while time.monotonic() < deadline and not os.path.exists(os.path.join(pid_dir, "go")):
+            time.sleep(0.05)
     if subject_data["subject"] == fail_subject:
         raise RuntimeError(f"simulated failure of sub-{fail_subject}")
     if subject_data["subject"] == fail_input:

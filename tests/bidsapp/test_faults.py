@@ -545,7 +545,7 @@ def test_two_runs_of_one_subject_in_one_work_dir(tmp_path, dirs, capsys, monkeyp
     pids = tmp_path / "pids"
     pids.mkdir()
     first = start_app(bids, dirs[0], "participant", "-w", dirs[1], "--plugin", "Linear", *FAST,
-                      "--participant-label", "01", fake={"pid_dir": str(pids), "sleep_s": 4.0})
+                      "--participant-label", "01", fake={"pid_dir": str(pids), "sleep_s": 60.0})
     try:
         _wait(lambda: _pids(pids), proc=first)
         code, text = run_app(capsys, bids, tmp_path / "out2", "participant", "-w", dirs[1],
@@ -557,6 +557,7 @@ def test_two_runs_of_one_subject_in_one_work_dir(tmp_path, dirs, capsys, monkeyp
         code, _ = run_app(capsys, bids, tmp_path / "out2", "participant", "-w", dirs[1],
                           "--plugin", "Linear", *FAST, "--participant-label", "02")
         assert code == 0  # another subject may share the work dir meanwhile
+        (pids / "go").touch()
         assert _finish(first, timeout=60) is not None and first.returncode == 0
     finally:
         _stop(first)
