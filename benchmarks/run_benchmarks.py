@@ -68,10 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="one case of each set: " + ", ".join(
                        f"{s}/{g[0]}" for s, g in case_sets.QUICK.items()))
-    p.add_argument("--synthetic-cases", type=int, default=10, metavar="N",
-                   help="synthetic cases per contrast (default 10)")
-    p.add_argument("--draws", type=int, default=1, metavar="N",
-                   help="random draws per heads/large group (default 1)")
+    p.add_argument("--synthetic-cases", type=int, default=None, metavar="N",
+                   help=f"synthetic cases per contrast (default {case_sets.DRAWS['synthetic']})")
+    p.add_argument("--draws", type=int, default=None, metavar="N",
+                   help=f"random draws per heads/large group (default "
+                        f"{case_sets.DRAWS['heads']}/{case_sets.DRAWS['large']})")
     p.add_argument("--repeats", type=int, default=1, metavar="R",
                    help="runs of every (tool, case); times are their median (default 1)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads per tool (default 2)")
@@ -329,8 +330,9 @@ def machine_meta(args, tool_names, skipped) -> dict:
             "machine": f"{cpu}, {os.cpu_count()} CPUs ({available_cores()} available)",
             "load average at start": load, "threads": args.threads, "device": args.device,
             "case sets": ", ".join(_names(args.cases)) + (" (quick)" if args.quick else ""),
-            "synthetic cases per contrast": 1 if args.quick else args.synthetic_cases,
-            "draws per heads/large group": 1 if args.quick else args.draws,
+            "draws per group": "1 (quick)" if args.quick else ", ".join(
+                f"{name} {case_sets.draw_count(name, args.synthetic_cases, args.draws)}"
+                for name in _names(args.cases)),
             "repeats": args.repeats, "masks": bool(args.masks), "seed": args.seed,
             "load": (f"{args.load_processes or available_cores()} busy processes"
                      if args.load else "off"),
