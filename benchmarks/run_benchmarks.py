@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OPTS",
                    help="add the tool niaffine:NAME, niaffine with OPTS (as --niaffine-opts); "
                         "repeatable")
+    p.add_argument("--env", action="append", default=[], metavar="VAR=VALUE",
+                   help="set an environment variable in every worker (e.g. "
+                        "OMP_WAIT_POLICY=PASSIVE); repeatable")
     p.add_argument("--masks", action="store_true",
                    help="give the brain masks to the tools that take them")
     p.add_argument("--out", type=Path, default=Path("benchmark-results"), help="output folder")
@@ -116,6 +119,17 @@ def tool_options(args) -> dict[str, dict]:
             raise SystemExit(f"--variant {spec!r}: expected NAME=OPTS")
         options[f"niaffine:{name}"] = tools.niaffine_options(value)
     return options
+
+
+def worker_env(args) -> dict[str, str]:
+    """``--env VAR=VALUE`` options as a dict."""
+    out = {}
+    for item in args.env:
+        var, sep, value = item.partition("=")
+        if not sep or not var:
+            raise SystemExit(f"--env {item!r}: expected VAR=VALUE")
+        out[var] = value
+    return out
 
 
 # --- workers --------------------------------------------------------------------------------
@@ -193,6 +207,7 @@ def run_worker(tool: str, case: dict, args, workdir: Path, *, phase="quiet", rep
     env = dict(os.environ)
     for var in tools.THREAD_VARIABLES:
         env[var] = str(args.threads)
+    env.update(worker_env(args))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     on_cpu = tools.base_tool(tool) not in ("niaffine", "torchreg")
     row = {"set": case["set"], "group": case["group"], "case": case["case"], "tool": tool,
@@ -337,6 +352,7 @@ def machine_meta(args, tool_names, skipped) -> dict:
             "load": (f"{args.load_processes or available_cores()} busy processes"
                      if args.load else "off"),
             "niaffine options": json.dumps(tool_options(args)),
+            "worker environment": json.dumps(worker_env(args)) if args.env else "as is",
             "niaffine commit": commit,
             "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
             "not run": "; ".join(skipped) or "nothing"}
