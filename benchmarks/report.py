@@ -271,8 +271,8 @@ def plot_error_vs_time(rows: list[dict], path: Path) -> Path | None:
     if not ok:
         return None
     phases = [p for p in ("quiet", "loaded") if any(r["phase"] == p for r in ok)]
-    fig, axes = plt.subplots(1, len(phases), figsize=(6.4 * len(phases), 4.8), sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(phases), figsize=(6.4 * len(phases), 4.8), sharex=True,
+                             sharey=True, squeeze=False)
     markers_ = {"synthetic": "o", "heads": "s", "large": "^"}
     tools = tool_order(r["tool"] for r in ok)
     colours = dict(zip(tools, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
@@ -283,8 +283,7 @@ def plot_error_vs_time(rows: list[dict], path: Path) -> Path | None:
                        if r["tool"] == tool and r["set"] == set_name and r["phase"] == phase]
                 if pts:
                     x, y = zip(*pts)
-                    ax.scatter(x, y, marker=marker, color=colours[tool], alpha=0.75,
-                               label=f"{tool} ({set_name})")
+                    ax.scatter(x, y, marker=marker, color=colours[tool], alpha=0.75)
         ax.axhline(FAIL_MM, color="grey", linestyle="--", linewidth=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -292,7 +291,13 @@ def plot_error_vs_time(rows: list[dict], path: Path) -> Path | None:
         ax.set_xlabel("wall time per registration (s)")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("mean displacement error in the brain (mm)")
-    axes[0][-1].legend(fontsize=7, ncol=2)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", linestyle="", color=colours[t], label=t) for t in tools]
+    handles += [Line2D([], [], marker=m, linestyle="", color="grey", label=name)
+                for name, m in markers_.items() if any(r["set"] == name for r in ok)]
+    axes[0][-1].legend(handles=handles, fontsize=7, ncol=2,
+                       title=f"failure: above {FAIL_MM:g} mm", title_fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -68,10 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="one case of each set: " + ", ".join(
                        f"{s}/{g[0]}" for s, g in case_sets.QUICK.items()))
-    p.add_argument("--synthetic-cases", type=int, default=10, metavar="N",
-                   help="synthetic cases per contrast (default 10)")
-    p.add_argument("--draws", type=int, default=1, metavar="N",
-                   help="random draws per heads/large group (default 1)")
+    p.add_argument("--synthetic-cases", type=int, default=None, metavar="N",
+                   help=f"synthetic cases per contrast (default {case_sets.DRAWS['synthetic']})")
+    p.add_argument("--draws", type=int, default=None, metavar="N",
+                   help=f"random draws per heads/large group (default "
+                        f"{case_sets.DRAWS['heads']}/{case_sets.DRAWS['large']})")
     p.add_argument("--repeats", type=int, default=1, metavar="R",
                    help="runs of every (tool, case); times are their median (default 1)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads per tool (default 2)")
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OPTS",
                    help="add the tool niaffine:NAME, niaffine with OPTS (as --niaffine-opts); "
                         "repeatable")
+    p.add_argument("--env", action="append", default=[], metavar="VAR=VALUE",
+                   help="set an environment variable in every worker (e.g. "
+                        "OMP_WAIT_POLICY=PASSIVE); repeatable")
     p.add_argument("--masks", action="store_true",
                    help="give the brain masks to the tools that take them")
     p.add_argument("--out", type=Path, default=Path("benchmark-results"), help="output folder")
@@ -131,6 +135,17 @@ def case_options(options: dict | None, case: dict) -> dict | None:
     if options is None or case.get("set") != "intersubject":
         return options
     return {"preset": "template", **options}
+
+
+def worker_env(args) -> dict[str, str]:
+    """``--env VAR=VALUE`` options as a dict."""
+    out = {}
+    for item in args.env:
+        var, sep, value = item.partition("=")
+        if not sep or not var:
+            raise SystemExit(f"--env {item!r}: expected VAR=VALUE")
+        out[var] = value
+    return out
 
 
 # --- workers --------------------------------------------------------------------------------
@@ -208,6 +223,7 @@ def run_worker(tool: str, case: dict, args, workdir: Path, *, phase="quiet", rep
     env = dict(os.environ)
     for var in tools.THREAD_VARIABLES:
         env[var] = str(args.threads)
+    env.update(worker_env(args))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     on_cpu = tools.base_tool(tool) not in ("niaffine", "torchreg")
     row = {"set": case["set"], "group": case["group"], "case": case["case"], "tool": tool,
@@ -345,12 +361,14 @@ def machine_meta(args, tool_names, skipped) -> dict:
             "machine": f"{cpu}, {os.cpu_count()} CPUs ({available_cores()} available)",
             "load average at start": load, "threads": args.threads, "device": args.device,
             "case sets": ", ".join(_names(args.cases)) + (" (quick)" if args.quick else ""),
-            "synthetic cases per contrast": 1 if args.quick else args.synthetic_cases,
-            "draws per heads/large group": 1 if args.quick else args.draws,
+            "draws per group": "1 (quick)" if args.quick else ", ".join(
+                f"{name} {case_sets.draw_count(name, args.synthetic_cases, args.draws)}"
+                for name in _names(args.cases)),
             "repeats": args.repeats, "masks": bool(args.masks), "seed": args.seed,
             "load": (f"{args.load_processes or available_cores()} busy processes"
                      if args.load else "off"),
             "niaffine options": json.dumps(tool_options(args)),
+            "worker environment": json.dumps(worker_env(args)) if args.env else "as is",
             "niaffine commit": commit,
             "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
             "not run": "; ".join(skipped) or "nothing"}

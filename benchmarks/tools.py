@@ -81,12 +81,16 @@ def runner(tool: str) -> Callable:
 def niaffine_options(value: str | dict | None) -> dict:
     """Keyword arguments for `register` from a preset name, a JSON object or a JSON file.
 
+    A ``"preset"`` key in the object starts from that preset; the other keys override it.
+
     Examples
     --------
     >>> niaffine_options("search")
     {'rotation_search': True}
     >>> niaffine_options('{"levels_mm": [8, 4]}')
     {'levels_mm': [8, 4]}
+    >>> niaffine_options('{"preset": "search", "search_step_deg": 15}')
+    {'rotation_search': True, 'search_step_deg': 15}
     """
     if value is None or value == "":
         return {}
@@ -102,6 +106,12 @@ def niaffine_options(value: str | dict | None) -> dict:
                          f"({', '.join(NIAFFINE_PRESETS)}), JSON object or JSON file") from err
     if not isinstance(options, dict):
         raise ValueError(f"niaffine options must be a JSON object, got {options!r}")
+    if "preset" in options:  # {"preset": NAME, ...}: the preset, then the other keys
+        preset = options.pop("preset")
+        if preset not in NIAFFINE_PRESETS:
+            raise ValueError(f"unknown niaffine preset {preset!r}; "
+                             f"choose one of {', '.join(NIAFFINE_PRESETS)}")
+        options = {**NIAFFINE_PRESETS[preset], **options}
     return options
 
 

@@ -49,3 +49,17 @@ def test_command_line_runs_for_the_given_time():
                           "--processes", "1"], capture_output=True, text=True, check=True)
     assert "1 busy processes" in out.stdout
     assert 0.4 < time.perf_counter() - start < 20
+
+
+def test_busy_processes_end_with_their_parent():
+    """A load whose owner is killed (SIGKILL, no clean-up) does not outlive it."""
+    code = ("import time, sys; from benchmarks import load; b = load.busy_load(1).start(); "
+            "print(b.pids[0], flush=True); time.sleep(60)")
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    spinner = int(owner.stdout.readline())
+    owner.kill()
+    owner.wait()
+    deadline = time.monotonic() + 20.0
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{spinner}"):
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{spinner}")

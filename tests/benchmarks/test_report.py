@@ -106,3 +106,13 @@ def test_batch_table_names_device_speedup_and_agreement():
     assert "900 MB one by one, 6000 MB batched" in table
     cpu = report.batch_table({**batch, "gpu": None, "threads": 2})
     assert "on cuda, 2 threads" in cpu
+
+
+def test_the_docs_page_has_every_generated_section():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md").read_text()
+    for name in report.SECTIONS:
+        begin, end = report.markers(name)
+        assert text.count(begin) == 1 and text.count(end) == 1
+        assert text.index(begin) < text.index(end)

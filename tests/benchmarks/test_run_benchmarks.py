@@ -16,6 +16,14 @@ def test_lists_take_commas_and_spaces():
     assert run_benchmarks._names(args.tools) == ["niaffine", "ants"]
 
 
+def test_worker_environment():
+    args = run_benchmarks.build_parser().parse_args(["--env", "OMP_WAIT_POLICY=PASSIVE",
+                                                     "--env", "A=b=c"])
+    assert run_benchmarks.worker_env(args) == {"OMP_WAIT_POLICY": "PASSIVE", "A": "b=c"}
+    with pytest.raises(SystemExit):
+        run_benchmarks.worker_env(run_benchmarks.build_parser().parse_args(["--env", "X"]))
+
+
 def test_niaffine_options_and_variants(tmp_path):
     path = tmp_path / "opts.json"
     path.write_text(json.dumps({"max_samples": 5000}))
