@@ -84,10 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-bvec", type=Path,
                         help="b-vectors rotated by each volume's head rotation, FSL convention in "
                              "the frame of the output image (the reference grid)")
-    parser.add_argument("--pe-dir", choices=tuple(PE_AXES),
-                        help="phase-encoding direction (BIDS PhaseEncodingDirection) of the "
-                             "series: the rotation of 12-dof transforms is then read across it "
-                             "(exact for eddy-current distortion along it), else the polar part")
+    parser.add_argument("--pe-dir", choices=("auto", *PE_AXES), default="auto",
+                        help="phase-encoding direction (BIDS PhaseEncodingDirection) of a DWI: "
+                             "eddy currents distort along it, so 12-dof transforms are modelled "
+                             "and their rotation read across it; auto finds the voxel axis "
+                             "along which the volumes distort [default: auto]")
     parser.add_argument("--b0-threshold", type=float, default=50.0,
                         help="largest b-value counted as b=0 [default: 50]")
     parser.add_argument("--confounds", type=Path,
@@ -179,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     result = register_series(
         series, reference=reference, mask=mask, dof=args.dof, metric=args.metric, bvals=bvals,
+        bvecs=bvecs, pe_direction=pe_direction(series, args.pe_dir),
         b0_threshold=args.b0_threshold, levels=args.levels, passes=args.passes,
         max_samples=args.samples, volumes_per_call=args.volumes_per_call, device=args.device,
         seed=args.seed, callback=_Progress(args.quiet),
@@ -189,10 +191,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def pe_direction(series, code: str | None):
-    """World direction of a series' phase-encoding axis (None without a code)."""
-    if code is None:
-        return None
+def pe_direction(series, code: str):
+    """World direction of a series' phase-encoding axis (``"auto"`` passes through)."""
+    if code == "auto":
+        return code
     column = np.asarray(series.affine, dtype=float)[:3, PE_AXES[code]]
     return column / np.linalg.norm(column)
 
@@ -210,7 +212,7 @@ def _write_outputs(args, result, series, bvecs) -> None:
         write_confounds_tsv,
     )
 
-    pe = pe_direction(series, args.pe_dir)
+    pe = result.pe_direction
     jobs = [(args.output, lambda p: save_transform_array(result.matrices, p))]
     if args.out_image:
         order = {"linear": 1, "cubic": 3}[args.interpolation]

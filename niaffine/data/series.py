@@ -516,7 +516,9 @@ def make_dwi_series(
     n_b0 : int
         b=0 volumes, the first at volume 0 and the others spread through the run.
     directions : int or (N, 3) array
-        Gradient directions per shell (an even spread by default).
+        Gradient directions per shell: a number spreads them evenly over a half sphere and
+        shuffles their order (as acquisition schemes spread successive directions), an array
+        is used in its order.
     bvalues : float or sequence of float
         One b-value per shell (s/mm^2).
     pe_axis : {0, 1, 2}
@@ -532,7 +534,10 @@ psf_fwhm, source_mm, placement_deg, placement_mm
         ``true_matrices`` (eddy included) and ``head_matrices`` (rigid head pose only).
     """
     shells = np.atleast_1d(np.asarray(bvalues, dtype=float))
-    dirs = gradient_directions(directions) if np.isscalar(directions) else np.asarray(directions)
+    if np.isscalar(directions):
+        dirs = rng.permutation(gradient_directions(int(directions)))
+    else:
+        dirs = np.asarray(directions, dtype=float)
     dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
     weighted = [(b, g) for b in shells for g in dirs]
     n_volumes = int(n_b0) + len(weighted)

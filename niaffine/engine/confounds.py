@@ -10,7 +10,7 @@ from .series_reference import head_mask
 from .series_resample import resample_series
 
 
-def series_confounds(series_img, result, *, pe_direction=None, with_dvars=None) -> dict:
+def series_confounds(series_img, result, *, pe_direction="result", with_dvars=None) -> dict:
     """Confound columns of a series realigned by :func:`~niaffine.engine.series.register_series`.
 
     The six motion parameters with their derivatives and squares (24 columns),
@@ -23,8 +23,9 @@ def series_confounds(series_img, result, *, pe_direction=None, with_dvars=None) 
     series_img : nibabel image
         The 4D series that was realigned.
     result : SeriesResult
-    pe_direction : (3,) array, optional
-        Phase-encoding direction for the rigid part of 12-dof matrices.
+    pe_direction : (3,) array, None or "result"
+        Phase-encoding direction for the rigid part of 12-dof matrices (default: the
+        result's own; None: polar parts).
     with_dvars : bool, optional
         Default: for BOLD (no b-values), as DVARS across b-values measures contrast, not motion.
 

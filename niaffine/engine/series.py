@@ -112,6 +112,10 @@ class SeriesResult:
     device : str
     passes : int
     volumes_per_call : int
+    links : dict
+        DWI: how each shell is tied to the b=0 frame (``"continuity"``, ``"mi"``).
+    pe_direction : (3,) array or None
+        The phase-encoding direction used for rigid parts (given or estimated).
     """
 
     matrices: np.ndarray
@@ -130,11 +134,13 @@ class SeriesResult:
     device: str = "cpu"
     passes: int = 1
     volumes_per_call: int = 1
+    links: dict = field(default_factory=dict)
+    pe_direction: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.matrices)
 
-    def parameters(self, *, pe_direction=None) -> np.ndarray:
+    def parameters(self, *, pe_direction="result") -> np.ndarray:
         """``(T, 6)`` motion parameters (MCFLIRT/fMRIPrep convention, see
         :mod:`niaffine.engine.motion`): translations (mm) and rotations (rad) about the
         reference's centre. For 12-dof matrices, of their rigid part."""
@@ -142,19 +148,22 @@ class SeriesResult:
         return motion_maths.motion_parameters(matrices, self.reference.affine,
                                               self.reference.shape)
 
-    def rigid_matrices(self, *, pe_direction=None) -> np.ndarray:
+    def rigid_matrices(self, *, pe_direction="result") -> np.ndarray:
         """``(T, 4, 4)`` rigid parts of the matrices, agreeing with them at the reference's
-        centre (see :func:`niaffine.engine.motion.rigid_part`)."""
+        centre (see :func:`niaffine.engine.motion.rigid_part`); read across
+        ``pe_direction`` (by default the result's own, else polar parts)."""
+        if isinstance(pe_direction, str):
+            pe_direction = self.pe_direction
         centre = self.reference.affine @ np.r_[(np.array(self.reference.shape[:3]) - 1) / 2, 1]
         return np.stack([motion_maths.rigid_part(m, pe_direction=pe_direction,
                                                  centre_world=centre[:3])
                          for m in self.matrices])
 
-    def framewise_displacement(self, *, pe_direction=None) -> np.ndarray:
+    def framewise_displacement(self, *, pe_direction="result") -> np.ndarray:
         """Power's framewise displacement (mm, NaN for the first volume)."""
         return motion_maths.framewise_displacement(self.parameters(pe_direction=pe_direction))
 
-    def rms_displacement(self, *, relative: bool = True, pe_direction=None) -> np.ndarray:
+    def rms_displacement(self, *, relative: bool = True, pe_direction="result") -> np.ndarray:
         """Jenkinson's RMS displacement (mm): from the previous volume or the reference."""
         return motion_maths.rms_displacement(self.rigid_matrices(pe_direction=pe_direction),
                                              self.reference.affine, self.reference.shape,
@@ -180,6 +189,7 @@ class SeriesResult:
             "device": self.device,
             "passes": self.passes,
             "volumes_per_call": self.volumes_per_call,
+            "links": dict(self.links),
         }
 
     def summary(self) -> str:
@@ -204,6 +214,10 @@ def register_series(
     dof: int | None = None,
     metric: str = "auto",
     bvals=None,
+    bvecs=None,
+    pe_direction="auto",
+    link: str = "auto",
+    eddy_model: bool = True,
     b0_threshold: float = B0_THRESHOLD,
     levels: Sequence[float] = DEFAULT_LEVELS,
     smoothing: float = DEFAULT_SMOOTHING,
@@ -241,6 +255,25 @@ def register_series(
         :func:`~niaffine.engine.register_batch` for every volume.
     bvals : (T,) array, optional
         b-values: the series is a DWI (b=0 reference, contrast-aware metric).
+    bvecs : (3, T) array, optional
+        FSL b-vectors of a DWI (the series' voxel frame): enable the eddy-shift model of the
+        b=0 continuity link.
+    pe_direction : (3,) array or "auto", optional
+        World direction of the series' phase-encoding axis: rigid parts are read across it
+        (see :func:`niaffine.engine.motion.rigid_part`). ``auto`` (DWI): the voxel axis along
+        which the 12-dof transforms distort (see
+        :func:`niaffine.engine.series_dwi.phase_encoding_from_matrices`), recorded in
+        ``SeriesResult.pe_direction``.
+    link : {"auto", "continuity", "mi"}
+        How diffusion-weighted shells are tied to the b=0 frame: ``mi`` keeps what mutual
+        information between contrasts gives; ``continuity`` corrects it from the interspersed
+        b=0 volumes (see :mod:`niaffine.engine.series_dwi`); ``auto`` does so wherever at least
+        three b=0 / diffusion-weighted neighbour pairs exist.
+    eddy_model : bool
+        DWI at 12 dof with a phase-encoding direction: project each diffusion-weighted
+        volume's matrix onto the eddy-current model (distortion along the phase-encoding axis
+        only, linear in the gradient where it fits; see
+        :func:`niaffine.engine.series_dwi.eddy_projection`).
     b0_threshold : float
         Largest b-value counted as b=0.
     levels : sequence of float
@@ -331,21 +364,46 @@ def register_series(
     _realign(state, vols, todo, target, dofs, metrics, settings, chunk, "pass 1")
     n_passes = 1
     if robust and passes >= 2 and len(usable) > 1:
-        group = [t for t in usable if t not in state.failed and (not is_dwi or kinds[t] == "b0")]
-        ref_img = robust_reference(data, state.matrices, affine, group or [anchor], ref_img)
-        source = (f"{'median' if len(group) >= 5 else 'mean'} of {len(group or [anchor])} "
-                  f"{'b=0 ' if is_dwi else ''}volumes realigned to volume {anchor}")
-        mask_img = reference_mask(mask, ref_img) if mask is not None else head_mask(ref_img)
-        todo = [t for t in usable if t not in state.failed]
-        target = _Target(ref_img, mask_img, dev)
-        # pass 1 left every volume within a fraction of a voxel: the finest level suffices
-        _realign(state, vols, todo, target, dofs, metrics, settings, chunk, "pass 2",
-                 levels=settings.levels[-1:])
+        anchor_grid = ref_img
+        for label, members in _pass2_groups(kinds, bvals, [t for t in usable
+                                                           if t not in state.failed]):
+            group_ref = robust_reference(data, state.matrices, affine, members, anchor_grid)
+            group_mask = (reference_mask(mask, group_ref) if mask is not None
+                          else head_mask(group_ref))
+            group_target = _Target(group_ref, group_mask, dev)
+            # pass 1 left every volume within a fraction of a voxel: the finest level suffices
+            _realign(state, vols, members, group_target, dofs, metrics, settings, chunk,
+                     f"pass 2 ({label})" if is_dwi else "pass 2", levels=settings.levels[-1:])
+            if label in ("all", "b=0"):
+                ref_img, mask_img, target = group_ref, group_mask, group_target
+                source = (f"{'median' if len(members) >= 5 else 'mean'} of {len(members)} "
+                          f"{'b=0 ' if is_dwi else ''}volumes realigned to volume {anchor}")
         n_passes = 2
     groups = ([[t for t in usable if kinds[t] == k] for k in ("b0", "dw")] if is_dwi
               else [usable])
     if retry_outliers:
         _retry_outliers(state, groups, vols, target, dofs, metrics, settings, chunk)
+    links = {}
+    if isinstance(pe_direction, str):
+        if pe_direction != "auto":
+            raise InputError(f"pe_direction={pe_direction!r}: give a world direction or 'auto'")
+        pe_direction = None
+        if is_dwi and dof > 6 and any(kind == "dw" for kind in kinds):
+            from .series_dwi import phase_encoding_from_matrices
+
+            pe_direction = phase_encoding_from_matrices(
+                state.matrices, np.array([kind == "dw" for kind in kinds]), affine)
+    gradients = _gradients(bvecs, affine) if is_dwi else None
+    weighted = [t for t in usable if kinds[t] == "dw" and t not in state.failed]
+    if pe_direction is not None and dof == 12 and weighted and eddy_model:
+        from .series_dwi import eddy_projection
+
+        r2 = eddy_projection(state.matrices, weighted, pe_direction, _centre(ref_img), gradients)
+        LOGGER.info("eddy-current model along %s: linear fit R^2 %s", np.round(pe_direction, 3),
+                    "n/a" if r2 is None else f"{r2:.3f}")
+    if is_dwi and link != "mi":
+        links = _link_shells(state, kinds, bvals, gradients, pe_direction, usable, ref_img,
+                             link)
     failed = {**state.failed, **constant}
     if len(failed) == n_volumes:
         raise RegistrationError(f"{name}: no volume could be registered "
@@ -359,8 +417,54 @@ def register_series(
         failed=failed, outliers=tuple(sorted(state.outliers)),
         bvals=None if bvals is None else np.asarray(bvals, dtype=float).ravel(),
         elapsed_s=time.perf_counter() - start, device=str(dev), passes=n_passes,
-        volumes_per_call=chunk,
+        volumes_per_call=chunk, links=links,
+        pe_direction=None if pe_direction is None else np.asarray(pe_direction, dtype=float),
     )
+
+
+def _centre(img) -> np.ndarray:
+    """World centre of an image's field of view."""
+    return (img.affine @ np.r_[(np.array(img.shape[:3]) - 1) / 2, 1])[:3]
+
+
+def _gradients(bvecs, affine):
+    """World unit gradient directions ``(T, 3)`` of FSL b-vectors (None without them)."""
+    from .motion import _bvec_frame
+
+    if bvecs is None:
+        return None
+    vectors = np.asarray(bvecs, dtype=float)
+    if vectors.ndim != 2 or vectors.shape[0] != 3:
+        raise InputError(f"bvecs must be (3, T), got {vectors.shape}")
+    norms = np.maximum(np.linalg.norm(vectors, axis=0), 1e-12)
+    return (_bvec_frame(affine) @ (vectors / norms)).T
+
+
+def _link_shells(state, kinds, bvals, gradients, pe_direction, usable, ref_img, link):
+    """Apply the b=0 continuity link to each shell (or all shells together); ``{shell: how}``."""
+    from .series_dwi import continuity_link
+
+    if link not in ("auto", "continuity"):
+        raise InputError(f"link={link!r} is not one of auto, continuity, mi")
+    dw = np.array([kind == "dw" for kind in kinds])
+    centre = _centre(ref_img)
+    good = [t for t in usable if t not in state.failed]
+    shells = [(label, m) for label, m in _pass2_groups(kinds, bvals, good) if label != "b=0"]
+    options = {"gradients": gradients, "pe_direction": pe_direction, "centre": centre}
+    common = continuity_link(state.matrices, dw, [t for _, m in shells for t in m], **options)
+    links = {}
+    for label, members in shells:
+        correction, how = continuity_link(state.matrices, dw, members, **options), "continuity"
+        if correction is None and common is not None:
+            correction, how = common, "continuity (all shells)"
+        if correction is None:
+            links[label] = "mi"
+            if link == "continuity":
+                LOGGER.warning("%s: too few b=0 neighbours for a continuity link", label)
+            continue
+        state.matrices[members] = state.matrices[members] @ correction
+        links[label] = how
+    return links
 
 
 @dataclass(frozen=True)
@@ -385,6 +489,25 @@ class _State:
         self.iterations = np.zeros(n_volumes, dtype=int)
         self.failed: dict[int, str] = {}
         self.outliers: set[int] = set()
+
+
+def _pass2_groups(kinds, bvals, usable) -> list[tuple[str, list[int]]]:
+    """The volumes of each second-pass reference: all of them (BOLD); the b=0 volumes, then
+    each shell (b-values within 100 s/mm^2 of one another) of a DWI.
+
+    >>> _pass2_groups(["b0", "dw", "dw", "b0", "dw"], [0, 1000, 2000, 0, 990], [0, 1, 2, 3, 4])
+    [('b=0', [0, 3]), ('b=1000', [1, 4]), ('b=2000', [2])]
+    """
+    if bvals is None:
+        return [("all", list(usable))]
+    values = np.asarray(bvals, dtype=float).ravel()
+    groups = [("b=0", [t for t in usable if kinds[t] == "b0"])]
+    shells: dict[int, list[int]] = {}
+    for t in usable:
+        if kinds[t] == "dw":
+            shells.setdefault(int(round(values[t] / 100.0)) * 100, []).append(t)
+    groups += [(f"b={b}", members) for b, members in sorted(shells.items())]
+    return [(label, members) for label, members in groups if members]
 
 
 def _metrics(kinds: list[str], metric: str) -> list[str]:
