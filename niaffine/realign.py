@@ -23,16 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__
 from .cli import EXIT_CANTCREAT, EXIT_DATA, EXIT_SOFTWARE, EXIT_UNAVAILABLE, _levels, _positive_int
 from .errors import DeviceUnavailableError, InputError, RegistrationError
+from .series_io import PE_CODES
 
 LOGGER = logging.getLogger("niaffine.realign")
 PROG = "niaffine-realign"
-#: Phase-encoding directions (BIDS ``PhaseEncodingDirection``) and their voxel axes.
-PE_AXES = {"i": 0, "i-": 0, "j": 1, "j-": 1, "k": 2, "k-": 2}
 #: Failures, their exit codes and how their message starts.
 FAILURES = (
     (DeviceUnavailableError, EXIT_UNAVAILABLE, ""),
@@ -84,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-bvec", type=Path,
                         help="b-vectors rotated by each volume's head rotation, FSL convention in "
                              "the frame of the output image (the reference grid)")
-    parser.add_argument("--pe-dir", choices=("auto", *PE_AXES), default="auto",
+    parser.add_argument("--pe-dir", choices=PE_CODES, default="auto",
                         help="phase-encoding direction (BIDS PhaseEncodingDirection) of a DWI: "
                              "eddy currents distort along it, so 12-dof transforms are modelled "
                              "and their rotation read across it; auto finds the voxel axis "
@@ -158,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .engine.series import register_series
     from .io import load_image
-    from .series_io import load_series, read_bvals, read_bvecs
+    from .series_io import load_series, phase_encoding_direction, read_bvals, read_bvecs
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -180,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     result = register_series(
         series, reference=reference, mask=mask, dof=args.dof, metric=args.metric, bvals=bvals,
-        bvecs=bvecs, pe_direction=pe_direction(series, args.pe_dir),
+        bvecs=bvecs, pe_direction=phase_encoding_direction(series, args.pe_dir),
         b0_threshold=args.b0_threshold, levels=args.levels, passes=args.passes,
         max_samples=args.samples, volumes_per_call=args.volumes_per_call, device=args.device,
         seed=args.seed, callback=_Progress(args.quiet),
@@ -189,14 +186,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{args.output}: {result.summary()}")
     return 0
-
-
-def pe_direction(series, code: str):
-    """World direction of a series' phase-encoding axis (``"auto"`` passes through)."""
-    if code == "auto":
-        return code
-    column = np.asarray(series.affine, dtype=float)[:3, PE_AXES[code]]
-    return column / np.linalg.norm(column)
 
 
 def _write_outputs(args, result, series, bvecs) -> None:
@@ -214,6 +203,7 @@ def _write_outputs(args, result, series, bvecs) -> None:
 
     pe = result.pe_direction
     jobs = [(args.output, lambda p: save_transform_array(result.matrices, p))]
+    moved = None
     if args.out_image:
         order = {"linear": 1, "cubic": 3}[args.interpolation]
         moved = resample_series(series, result.matrices, result.reference, order=order)
@@ -226,7 +216,9 @@ def _write_outputs(args, result, series, bvecs) -> None:
                                pe_direction=pe)
         jobs.append((args.out_bvec, lambda p: write_bvecs(rotated, p)))
     if args.confounds:
-        columns = series_confounds(series, result, pe_direction=pe)
+        columns = series_confounds(series, result.matrices, result.reference,
+                                   bvals=result.bvals, pe_direction=pe,
+                                   realigned=moved if args.interpolation == "linear" else None)
         jobs.append((args.confounds, lambda p: write_confounds_tsv(columns, p)))
         jobs.append((args.confounds.with_suffix(".json"),
                      lambda p: write_confounds_json(columns, p)))

@@ -24,6 +24,10 @@ import numpy as np
 from .errors import InputError
 from .io import _short, atomic_path, load_image
 
+#: BIDS ``PhaseEncodingDirection`` codes and their voxel axes.
+PE_AXES = {"i": 0, "i-": 0, "j": 1, "j-": 1, "k": 2, "k-": 2}
+#: What ``--pe-dir`` and the interfaces accept.
+PE_CODES = ("auto", *PE_AXES)
 #: Descriptions and units of the confound columns, for the JSON sidecar.
 COLUMN_DESCRIPTIONS = {
     "trans": ("Translation of the head along the {axis} axis of the reference's FSL frame "
@@ -41,6 +45,23 @@ COLUMN_DESCRIPTIONS = {
     "std_dvars": ("DVARS divided by its expected value under temporal autocorrelation "
                   "(Nichols 2013)", "arbitrary"),
 }
+
+
+def phase_encoding_direction(series, code: str):
+    """World direction of a series' phase-encoding axis from its BIDS code (``"auto"`` passes
+    through; the sign is immaterial to the eddy-current model).
+
+    >>> import nibabel as nib
+    >>> img = nib.Nifti1Image(np.zeros((2, 2, 2, 2), np.float32), np.diag([-2.0, 2, 2, 1]))
+    >>> phase_encoding_direction(img, "i-").tolist(), phase_encoding_direction(img, "auto")
+    ([-1.0, 0.0, 0.0], 'auto')
+    """
+    if code == "auto":
+        return code
+    if code not in PE_AXES:
+        raise InputError(f"phase-encoding direction {code!r} is not one of {', '.join(PE_CODES)}")
+    column = np.asarray(series.affine, dtype=float)[:3, PE_AXES[code]]
+    return column / np.linalg.norm(column)
 
 
 def load_series(path, *, role: str = "series") -> nib.Nifti1Image:

@@ -10,40 +10,51 @@ from .series_reference import head_mask
 from .series_resample import resample_series
 
 
-def series_confounds(series_img, result, *, pe_direction="result", with_dvars=None) -> dict:
-    """Confound columns of a series realigned by :func:`~niaffine.engine.series.register_series`.
+def series_confounds(series_img, matrices, reference_img, *, bvals=None, pe_direction=None,
+                     brain_mask=None, realigned=None) -> dict:
+    """Confound columns of a realigned series.
 
     The six motion parameters with their derivatives and squares (24 columns),
-    ``framewise_displacement``, ``rmsd`` and, for BOLD, ``dvars`` and ``std_dvars`` computed on
-    the series resampled (linearly) into the reference, inside the reference's brain (its
-    head mask without dilation).
+    ``framewise_displacement``, ``rmsd`` and, for BOLD, ``dvars`` and ``std_dvars`` on the
+    series in the reference (resampled linearly unless ``realigned`` is given) inside the
+    brain.
 
     Parameters
     ----------
     series_img : nibabel image
         The 4D series that was realigned.
-    result : SeriesResult
-    pe_direction : (3,) array, None or "result"
-        Phase-encoding direction for the rigid part of 12-dof matrices (default: the
-        result's own; None: polar parts).
-    with_dvars : bool, optional
-        Default: for BOLD (no b-values), as DVARS across b-values measures contrast, not motion.
+    matrices : (T, 4, 4) array
+        Reference-to-volume world matrices (12-dof ones contribute their rigid part).
+    reference_img : nibabel image
+        The reference (its grid defines the motion parameters' frame and centre).
+    bvals : (T,) array, optional
+        A DWI: no DVARS (across b-values it measures contrast, not motion).
+    pe_direction : (3,) array, optional
+        Phase-encoding direction for the rigid part of 12-dof matrices (else polar parts).
+    brain_mask : nibabel image, optional
+        On the reference grid; default: the reference's head mask without dilation.
+    realigned : nibabel image, optional
+        The series already on the reference grid.
 
     Returns
     -------
     dict
         Column name to ``(T,)`` array (NaN where undefined).
     """
-    params = result.parameters(pe_direction=pe_direction)
+    matrices = np.asarray(matrices, dtype=float)
+    centre = reference_img.affine @ np.r_[(np.array(reference_img.shape[:3]) - 1) / 2, 1]
+    rigid = np.stack([motion.rigid_part(m, pe_direction=pe_direction, centre_world=centre[:3])
+                      for m in matrices])
+    params = motion.motion_parameters(rigid, reference_img.affine, reference_img.shape)
     columns = dict(
         framewise=motion.framewise_displacement(params),
-        rmsd=result.rms_displacement(relative=True, pe_direction=pe_direction),
+        rmsd=motion.rms_displacement(rigid, reference_img.affine, reference_img.shape),
     )
-    if with_dvars is None:
-        with_dvars = result.bvals is None
-    if with_dvars and len(result) > 1:
-        realigned = resample_series(series_img, result.matrices, result.reference, order=1)
-        brain = np.asanyarray(head_mask(result.reference, dilate_voxels=0).dataobj) > 0
+    if bvals is None and len(matrices) > 1:
+        if realigned is None:
+            realigned = resample_series(series_img, matrices, reference_img, order=1)
+        if brain_mask is None:
+            brain_mask = head_mask(reference_img, dilate_voxels=0)
         columns["dvars_values"], columns["std_dvars"] = motion.dvars(
-            np.asanyarray(realigned.dataobj), brain)
+            np.asanyarray(realigned.dataobj), np.asanyarray(brain_mask.dataobj) > 0)
     return motion.confound_columns(params, **columns)
