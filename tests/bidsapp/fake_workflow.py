@@ -19,8 +19,8 @@ def fake_outputs(subject_data, template_space, fail_subject, fail_input, pid_dir
     """Write identity outputs in the node's folder (self-contained for nipype's Function).
 
     With ``pid_dir`` the process announces itself there (``<subject>-<pid>``, so a test can
-    kill it) and then sleeps ``sleep_s`` seconds, or until a file ``go`` appears there. ``xfm_offset`` (mm) is the translation of
-    every coregistration (0: the identity).
+    kill it) and then sleeps ``sleep_s`` seconds, or until a file ``go`` appears there.
+    ``xfm_offset`` (mm) is the translation of every coregistration (0: the identity).
     """
     import json
     import os

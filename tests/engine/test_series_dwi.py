@@ -1,0 +1,101 @@
+# SPDX-License-Identifier: Apache-2.0
+"""DWI helpers on synthetic matrices: the eddy-current model, the phase-encoding axis, and the
+b=0 continuity link that removes a shell's common cross-contrast offset."""
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from niaffine.data.series import gradient_directions
+from niaffine.engine import series_dwi as D
+
+CENTRE = np.array([0.0, -15.0, 20.0])
+PE = np.array([0.0, 1.0, 0.0])
+
+
+def _rigid(rotvec, translation):
+    out = np.eye(4)
+    out[:3, :3] = Rotation.from_rotvec(rotvec).as_matrix()
+    out[:3, 3] = CENTRE + np.asarray(translation) - out[:3, :3] @ CENTRE
+    return out
+
+
+def _series(rng, n_b0_every=6, n=37, walk=0.02):
+    """Head poses (a slow walk), gradients, and eddy distortions linear in the gradient."""
+    dw = np.array([t % n_b0_every != 0 for t in range(n)])
+    dirs = rng.permutation(gradient_directions(int(dw.sum())))  # spread in time
+    gradients = np.zeros((n, 3))
+    gradients[dw] = dirs
+    steps = rng.normal(0, walk, (n, 6))
+    poses = np.cumsum(steps, axis=0)
+    heads = np.stack([_rigid(np.radians(p[3:]), p[:3]) for p in poses])  # 0.02 mm, deg a step
+    coupling, shift = rng.uniform(-0.01, 0.01, (3, 3)), rng.uniform(-0.8, 0.8, 3)
+    true = heads.copy()
+    for t in np.flatnonzero(dw):
+        eddy = np.eye(4)
+        k = coupling @ gradients[t]
+        eddy[:3, :3] += np.outer(PE, k)
+        eddy[:3, 3] = PE * (shift @ gradients[t]) - np.outer(PE, k) @ CENTRE
+        true[t] = eddy @ heads[t]
+    return dw, gradients, heads, true
+
+
+def test_eddy_projection_is_exact_on_the_model_and_removes_other_shears():
+    rng = np.random.default_rng(0)
+    dw, gradients, _, true = _series(rng)
+    members = list(np.flatnonzero(dw))
+    scale = np.eye(4)  # a scale across p about the centre: not an eddy-current distortion
+    scale[:3, :3] = np.diag([1.004, 1.0, 0.997])
+    scale[:3, 3] = CENTRE - scale[:3, :3] @ CENTRE
+    noisy = true.copy()
+    noisy[members] = true[members] @ scale
+    r2 = D.eddy_projection(noisy, members, PE, CENTRE, gradients)
+    assert r2 > 0.99
+    exact = true.copy()
+    assert D.eddy_projection(exact, members, PE, CENTRE, gradients) > 0.999
+    assert np.allclose(exact, true, atol=1e-9)
+    assert np.abs(noisy - true)[members].max() < 2e-3  # the scale across p is gone
+
+
+def test_phase_encoding_axis_is_found():
+    rng = np.random.default_rng(1)
+    dw, _, _, true = _series(rng)
+    affine = np.diag([-2.5, 2.5, 2.5, 1.0])
+    assert np.allclose(np.abs(D.phase_encoding_from_matrices(true, dw, affine)), PE)
+    heads_only = np.tile(np.eye(4), (len(dw), 1, 1))
+    assert D.phase_encoding_from_matrices(heads_only, dw, affine) is None
+
+
+@pytest.mark.parametrize("with_gradients", [True, False])
+def test_continuity_link_removes_a_common_offset(with_gradients):
+    rng = np.random.default_rng(2)
+    dw, gradients, heads, true = _series(rng)
+    offset = _rigid([0.002, -0.001, 0.003], [0.1, -0.4, -0.15])  # what MI got wrong
+    biased = true.copy()
+    biased[dw] = true[dw] @ offset
+    members = list(np.flatnonzero(dw))
+    link = D.continuity_link(biased, dw, members, gradients=gradients if with_gradients else None,
+                             pe_direction=PE, centre=CENTRE)
+    fixed = biased.copy()
+    fixed[dw] = biased[dw] @ link
+    residual = np.linalg.inv(true[1]) @ fixed[1]
+    at_centre = residual[:3, :3] @ CENTRE + residual[:3, 3] - CENTRE
+    if with_gradients:
+        assert np.linalg.norm(at_centre) < 0.06
+    else:  # only across the phase-encoding axis: the 0.4 mm along it stays
+        assert abs(at_centre[0]) < 0.06 and abs(at_centre[2]) < 0.06
+        assert abs(at_centre[1] + 0.4) < 0.1
+    angle = np.degrees(Rotation.from_matrix(residual[:3, :3]).magnitude())
+    assert angle < 0.05
+
+
+def test_continuity_link_needs_pairs_and_a_pe_axis():
+    rng = np.random.default_rng(3)
+    dw, gradients, _, true = _series(rng)
+    members = list(np.flatnonzero(dw))
+    assert D.continuity_link(true, dw, members, gradients=gradients, pe_direction=None,
+                             centre=CENTRE) is None
+    b0_first = np.r_[np.zeros(3, bool), np.ones(20, bool)]
+    only = np.tile(np.eye(4), (23, 1, 1))
+    assert D.continuity_link(only, b0_first, list(range(3, 23)), pe_direction=PE,
+                             centre=CENTRE) is None  # one pair: b=0 volumes only at the start
