@@ -34,17 +34,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
-import nibabel as nib
 import numpy as np
 import torch
 
-from ..errors import DeviceMemoryError, InputError, RegistrationError
-from . import metrics as M
-from . import motion as motion_maths
-from .register import register_batch, resolve_device
-from .series_levels import SeriesLevels, level_spacing, reference_level
+from ..errors import InputError, RegistrationError
+from .register import resolve_device
+from .series_levels import SeriesLevels
+from .series_passes import (
+    SERIES_METRICS,
+    Settings,
+    State,
+    Target,
+    budget_mb,
+    fill_failed,
+    realign,
+    retry_outlier_volumes,
+    volumes_per_call_for,
+)
 from .series_reference import (
     first_reference,
     head_mask,
@@ -55,6 +62,7 @@ from .series_reference import (
     volume_image,
     volume_kinds,
 )
+from .series_result import SeriesResult
 
 LOGGER = logging.getLogger(__name__)
 
@@ -66,144 +74,6 @@ DEFAULT_SMOOTHING = 1.0
 DEFAULT_SAMPLES = 20_000
 #: Largest b-value treated as b=0 (s/mm^2).
 B0_THRESHOLD = 50.0
-#: Robust z-score of a volume's final metric above which it is retried and flagged.
-OUTLIER_Z = 3.5
-#: Outliers are only looked for among at least this many volumes of one kind.
-OUTLIER_MIN_VOLUMES = 8
-#: Default memory budget (MiB) for one engine call on the CPU; on CUDA half the free memory.
-CPU_BUDGET_MB = 1024.0
-#: Bytes per sample point and volume in one engine call (points, values, gradients, subsets).
-_BYTES_PER_POINT = 320
-#: Bytes per voxel and volume (the volume, the stacked reference and masks, level copies).
-_BYTES_PER_VOXEL = 28
-
-
-@dataclass(frozen=True)
-class SeriesResult:
-    """The outcome of a series realignment.
-
-    Attributes
-    ----------
-    matrices : (T, 4, 4) array
-        Reference-world to volume-world matrices (resample volume ``t`` into the reference).
-    reference : nibabel.Nifti1Image
-        The reference image of the last pass (3D, float32, on the reference grid).
-    reference_mask : nibabel.Nifti1Image
-        Where the metric was evaluated (uint8, reference grid).
-    reference_source : str
-        How the reference was made (``"robust median of 60 volumes realigned to volume 3"``,
-        ``"volume 0"``, ``"image"``).
-    reference_volume : int or None
-        The volume whose frame the reference has (None for a given image).
-    dof : int
-    metrics : tuple of str
-        Metric per volume.
-    final_metric : (T,) array
-        Loss at the finest level per volume (lower is better; NaN for failed volumes).
-    iterations : (T,) array
-        Optimiser iterations per volume, all levels and passes.
-    failed : dict
-        ``{volume: reason}`` for volumes that could not be registered (their matrix is the
-        nearest good volume's).
-    outliers : tuple of int
-        Volumes whose final metric stayed far worse than the others' (flagged, kept).
-    bvals : (T,) array or None
-    elapsed_s : float
-    device : str
-    passes : int
-    volumes_per_call : int
-    links : dict
-        DWI: how each shell is tied to the b=0 frame (``"continuity"``, ``"mi"``).
-    pe_direction : (3,) array or None
-        The phase-encoding direction used for rigid parts (given or estimated).
-    """
-
-    matrices: np.ndarray
-    reference: nib.Nifti1Image
-    reference_mask: nib.Nifti1Image
-    reference_source: str
-    reference_volume: int | None
-    dof: int
-    metrics: tuple
-    final_metric: np.ndarray
-    iterations: np.ndarray
-    failed: dict = field(default_factory=dict)
-    outliers: tuple = ()
-    bvals: np.ndarray | None = None
-    elapsed_s: float = 0.0
-    device: str = "cpu"
-    passes: int = 1
-    volumes_per_call: int = 1
-    links: dict = field(default_factory=dict)
-    pe_direction: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.matrices)
-
-    def parameters(self, *, pe_direction="result") -> np.ndarray:
-        """``(T, 6)`` motion parameters (MCFLIRT/fMRIPrep convention, see
-        :mod:`niaffine.engine.motion`): translations (mm) and rotations (rad) about the
-        reference's centre. For 12-dof matrices, of their rigid part."""
-        matrices = self.rigid_matrices(pe_direction=pe_direction)
-        return motion_maths.motion_parameters(matrices, self.reference.affine,
-                                              self.reference.shape)
-
-    def rigid_matrices(self, *, pe_direction="result") -> np.ndarray:
-        """``(T, 4, 4)`` rigid parts of the matrices, agreeing with them at the reference's
-        centre (see :func:`niaffine.engine.motion.rigid_part`); read across
-        ``pe_direction`` (by default the result's own, else polar parts)."""
-        if isinstance(pe_direction, str):
-            pe_direction = self.pe_direction
-        centre = self.reference.affine @ np.r_[(np.array(self.reference.shape[:3]) - 1) / 2, 1]
-        return np.stack([motion_maths.rigid_part(m, pe_direction=pe_direction,
-                                                 centre_world=centre[:3])
-                         for m in self.matrices])
-
-    def framewise_displacement(self, *, pe_direction="result") -> np.ndarray:
-        """Power's framewise displacement (mm, NaN for the first volume)."""
-        return motion_maths.framewise_displacement(self.parameters(pe_direction=pe_direction))
-
-    def rms_displacement(self, *, relative: bool = True, pe_direction="result") -> np.ndarray:
-        """Jenkinson's RMS displacement (mm): from the previous volume or the reference."""
-        return motion_maths.rms_displacement(self.rigid_matrices(pe_direction=pe_direction),
-                                             self.reference.affine, self.reference.shape,
-                                             relative=relative)
-
-    def to_dict(self) -> dict:
-        """JSON-safe summary (matrices, reference, per-volume metric and flags, timing)."""
-        fd = self.framewise_displacement()
-        return {
-            "volumes": len(self),
-            "matrices": self.matrices.tolist(),
-            "reference_source": self.reference_source,
-            "reference_volume": self.reference_volume,
-            "dof": self.dof,
-            "metrics": list(self.metrics),
-            "final_metric": [None if not np.isfinite(v) else float(v) for v in self.final_metric],
-            "iterations": self.iterations.astype(int).tolist(),
-            "failed": {str(k): v for k, v in self.failed.items()},
-            "outliers": list(self.outliers),
-            "mean_fd_mm": float(np.nanmean(fd)) if len(self) > 1 else 0.0,
-            "max_fd_mm": float(np.nanmax(fd)) if len(self) > 1 else 0.0,
-            "elapsed_s": self.elapsed_s,
-            "device": self.device,
-            "passes": self.passes,
-            "volumes_per_call": self.volumes_per_call,
-            "links": dict(self.links),
-        }
-
-    def summary(self) -> str:
-        """One line: volumes, dof, reference, motion, failures, time."""
-        fd = self.framewise_displacement()
-        motion = (f"mean FD {np.nanmean(fd):.3f} mm (max {np.nanmax(fd):.3f})" if len(self) > 1
-                  else "one volume")
-        flags = ""
-        if self.failed:
-            flags += f" | {len(self.failed)} failed volume(s): {sorted(self.failed)}"
-        if self.outliers:
-            flags += f" | outlier volume(s): {list(self.outliers)}"
-        return (f"{len(self)} volumes, dof {self.dof}, reference {self.reference_source} | "
-                f"{motion}{flags} | {self.elapsed_s:.1f} s on {self.device}")
 
 
 def register_series(
@@ -336,7 +206,7 @@ def register_series(
     if not usable:
         raise InputError(f"{name}: every volume is constant (all zero?)")
     vols = SeriesLevels(data, affine, name, dev)
-    settings = _Settings(levels=tuple(float(v) for v in levels), smoothing=float(smoothing),
+    settings = Settings(levels=tuple(float(v) for v in levels), smoothing=float(smoothing),
                          max_samples=max_samples, max_iterations=int(max_iterations),
                          tolerance=float(tolerance), tolerance_mm=float(tolerance_mm),
                          device=dev, seed=int(seed), callback=callback)
@@ -356,12 +226,12 @@ def register_series(
         anchor, ref_img, source = None, reference_image(reference), "image"
     mask_img = reference_mask(mask, ref_img) if mask is not None else head_mask(ref_img)
     chunk = int(volumes_per_call or volumes_per_call_for(
-        mask_img, data.shape[1:], _budget_mb(memory_mb, dev), settings.max_samples))
+        mask_img, data.shape[1:], budget_mb(memory_mb, dev), settings.max_samples))
 
-    state = _State(n_volumes)
+    state = State(n_volumes)
     todo = [t for t in usable if robust or t != anchor]
-    target = _Target(ref_img, mask_img, dev)
-    _realign(state, vols, todo, target, dofs, metrics, settings, chunk, "pass 1")
+    target = Target(ref_img, mask_img, dev)
+    realign(state, vols, todo, target, dofs, metrics, settings, chunk, "pass 1")
     n_passes = 1
     if robust and passes >= 2 and len(usable) > 1:
         anchor_grid = ref_img
@@ -370,9 +240,9 @@ def register_series(
             group_ref = robust_reference(data, state.matrices, affine, members, anchor_grid)
             group_mask = (reference_mask(mask, group_ref) if mask is not None
                           else head_mask(group_ref))
-            group_target = _Target(group_ref, group_mask, dev)
+            group_target = Target(group_ref, group_mask, dev)
             # pass 1 left every volume within a fraction of a voxel: the finest level suffices
-            _realign(state, vols, members, group_target, dofs, metrics, settings, chunk,
+            realign(state, vols, members, group_target, dofs, metrics, settings, chunk,
                      f"pass 2 ({label})" if is_dwi else "pass 2", levels=settings.levels[-1:])
             if label in ("all", "b=0"):
                 ref_img, mask_img, target = group_ref, group_mask, group_target
@@ -382,7 +252,7 @@ def register_series(
     groups = ([[t for t in usable if kinds[t] == k] for k in ("b0", "dw")] if is_dwi
               else [usable])
     if retry_outliers:
-        _retry_outliers(state, groups, vols, target, dofs, metrics, settings, chunk)
+        retry_outlier_volumes(state, groups, vols, target, dofs, metrics, settings, chunk)
     links = {}
     if isinstance(pe_direction, str):
         if pe_direction != "auto":
@@ -411,7 +281,7 @@ def register_series(
     for t, reason in sorted(failed.items()):
         LOGGER.warning("%s volume %d: %s; it takes its neighbour's transform", name, t, reason)
     return SeriesResult(
-        matrices=_fill_failed(state.matrices, failed), reference=ref_img,
+        matrices=fill_failed(state.matrices, failed), reference=ref_img,
         reference_mask=mask_img, reference_source=source, reference_volume=anchor, dof=dof,
         metrics=tuple(metrics), final_metric=state.losses, iterations=state.iterations,
         failed=failed, outliers=tuple(sorted(state.outliers)),
@@ -467,30 +337,6 @@ def _link_shells(state, kinds, bvals, gradients, pe_direction, usable, ref_img, 
     return links
 
 
-@dataclass(frozen=True)
-class _Settings:
-    levels: tuple
-    smoothing: float
-    max_samples: int | None
-    max_iterations: int
-    tolerance: float
-    tolerance_mm: float
-    device: torch.device
-    seed: int
-    callback: Callable | None
-
-
-class _State:
-    """Per-volume matrices, final losses, iteration counts, failures and outliers."""
-
-    def __init__(self, n_volumes: int):
-        self.matrices = np.tile(np.eye(4), (n_volumes, 1, 1))
-        self.losses = np.full(n_volumes, np.nan)
-        self.iterations = np.zeros(n_volumes, dtype=int)
-        self.failed: dict[int, str] = {}
-        self.outliers: set[int] = set()
-
-
 def _pass2_groups(kinds, bvals, usable) -> list[tuple[str, list[int]]]:
     """The volumes of each second-pass reference: all of them (BOLD); the b=0 volumes, then
     each shell (b-values within 100 s/mm^2 of one another) of a DWI.
@@ -517,190 +363,3 @@ def _metrics(kinds: list[str], metric: str) -> list[str]:
     if name not in SERIES_METRICS:
         raise InputError(f"metric={metric!r} is not one of auto, {', '.join(SERIES_METRICS)}")
     return [name] * len(kinds)
-
-
-def _scaled(function, scale: float, offset: float, name: str):
-    """``scale * (function + offset)``: a loss whose gradients are of order one per mm.
-
-    The engine's optimiser takes a first steepest-descent step as long as the gradient (in
-    loss per mm), capped at 1: with raw correlations (losses near -1, gradients ~1e-3 per mm
-    near the answer) the first step moves a thousandth of a millimetre and passes for
-    convergence.
-    """
-
-    def loss(fixed, moving, weight):
-        return scale * (function(fixed, moving, weight) + offset)
-
-    loss.__name__ = name
-    return loss
-
-
-#: The metrics of a series realignment, scaled so that the optimiser's first step is useful.
-SERIES_METRICS = {
-    "ncc": _scaled(M.ncc, 1000.0, 1.0, "ncc"),
-    "mse": _scaled(M.mse, 1000.0, 0.0, "mse"),
-    "mi": _scaled(lambda f, m, w: M.mutual_information(f, m, w, bins=32), 100.0, 0.0, "mi"),
-    "nmi": _scaled(lambda f, m, w: M.mutual_information(f, m, w, bins=32, normalised=True),
-                   100.0, 0.0, "nmi"),
-    "cr": _scaled(lambda f, m, w: M.correlation_ratio(f, m, w, bins=32), 100.0, 1.0, "cr"),
-}
-
-
-def _budget_mb(memory_mb, device: torch.device) -> float:
-    if memory_mb is not None:
-        return float(memory_mb)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return 0.5 * free / 2**20
-    return CPU_BUDGET_MB
-
-
-def volumes_per_call_for(mask_img, shape, budget_mb: float, max_samples=None) -> int:
-    """How many volumes one engine call may hold within ``budget_mb`` (at least one).
-
-    >>> import nibabel as nib
-    >>> m = nib.Nifti1Image(np.ones((40, 40, 30), np.uint8), np.eye(4))
-    >>> volumes_per_call_for(m, (40, 40, 30), 1024.0)
-    64
-    """
-    points = int(np.count_nonzero(np.asanyarray(mask_img.dataobj)))
-    if max_samples is not None:
-        points = min(points, int(max_samples))
-    per_volume = points * _BYTES_PER_POINT + int(np.prod(shape)) * _BYTES_PER_VOXEL
-    return max(1, int(budget_mb * 2**20 // max(per_volume, 1)))
-
-
-def _realign(state: _State, vols, todo, target, dofs, metrics, settings, chunk,
-             stage, levels=None) -> None:
-    """Register the volumes ``todo`` to the reference, from ``state.matrices``, in place."""
-    groups: dict = {}
-    for t in todo:
-        groups.setdefault((dofs[t], metrics[t]), []).append(t)
-    done = 0
-    for (dof, metric), members in groups.items():
-        for lo in range(0, len(members), chunk):
-            items = members[lo:lo + chunk]
-            found = _register_chunk(items, state.matrices, vols, target, dof, metric,
-                                    settings, levels)
-            for t, outcome in found.items():
-                if isinstance(outcome, Exception):
-                    state.failed[t] = str(outcome).splitlines()[0]
-                    continue
-                state.failed.pop(t, None)
-                state.matrices[t], state.losses[t], its = outcome
-                state.iterations[t] += its
-            done += len(items)
-            LOGGER.info("%s: %d/%d volumes", stage, done, len(todo))
-            if settings.callback is not None:
-                settings.callback(stage, done, len(todo))
-
-
-def _register_chunk(items, matrices, vols: SeriesLevels, target: _Target, dof, metric,
-                    settings, levels=None) -> dict:
-    """``{volume: (matrix, final loss, iterations) or Exception}``; a failing chunk is split.
-
-    ``levels`` (default: every level of ``settings``) are multiples of the reference's voxel.
-    """
-    current = {t: matrices[t] for t in items}
-    iterations = dict.fromkeys(items, 0)
-    try:
-        for factor in levels or settings.levels:
-            spacing = factor * target.voxel
-            sigma = settings.smoothing * spacing
-            fixed, fixed_mask = target.level(spacing, sigma)
-            results = register_batch(
-                [fixed] * len(items), vols.volumes(items, spacing, sigma),
-                fixed_masks=[fixed_mask] * len(items),
-                initial_matrices=[current[t] for t in items], dof=dof,
-                metric=SERIES_METRICS[metric],
-                init="identity", levels_mm=(level_spacing(fixed),), smoothing_mm=0.0,
-                edge_mm=0.0, max_samples=settings.max_samples,
-                max_iterations=settings.max_iterations, tolerance=settings.tolerance,
-                tolerance_mm=settings.tolerance_mm, device=settings.device, seed=settings.seed)
-            for t, res in zip(items, results):
-                current[t] = res.matrix
-                iterations[t] += sum(res.iterations)
-    except (InputError, RegistrationError) as err:
-        if len(items) == 1:
-            return {items[0]: err}
-        if isinstance(err, DeviceMemoryError) and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        LOGGER.warning("%d volumes failed together (%s); splitting", len(items),
-                       str(err).splitlines()[0])
-        half = len(items) // 2
-        found = _register_chunk(items[:half], matrices, vols, target, dof, metric, settings,
-                                levels)
-        found.update(_register_chunk(items[half:], matrices, vols, target, dof, metric,
-                                     settings, levels))
-        return found
-    return {t: (current[t], r.final_metric, iterations[t]) for t, r in zip(items, results)}
-
-
-class _Target:
-    """The reference and its mask, with their levels made on first use."""
-
-    def __init__(self, image, mask, device):
-        self.image, self.mask, self.device = image, mask, device
-        self.voxel = float(np.min(nib.affines.voxel_sizes(image.affine)))
-        self._levels: dict = {}
-
-    def level(self, spacing_mm: float, sigma_mm: float):
-        key = (round(spacing_mm, 6), round(sigma_mm, 6))
-        if key not in self._levels:
-            self._levels[key] = reference_level(self.image, self.mask, spacing_mm, sigma_mm,
-                                                self.device)
-        return self._levels[key]
-
-
-def outlying(values: np.ndarray) -> np.ndarray:
-    """Which final losses are far worse than the others: a robust z-score (median, 1.4826 MAD)
-    above :data:`OUTLIER_Z` and a loss worse than the median by half the median's size. Never
-    with fewer than :data:`OUTLIER_MIN_VOLUMES` finite values.
-
-    >>> outlying(np.array([1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0, 1.02, 5.0])).tolist()
-    [False, False, False, False, False, False, False, False, True]
-    """
-    values = np.asarray(values, dtype=float)
-    finite = np.isfinite(values)
-    out = np.zeros(values.shape, dtype=bool)
-    if finite.sum() < OUTLIER_MIN_VOLUMES:
-        return out
-    median = np.median(values[finite])
-    mad = 1.4826 * np.median(np.abs(values[finite] - median))
-    excess = values[finite] - median
-    out[finite] = (excess > OUTLIER_Z * max(mad, 1e-12)) & (excess > 0.5 * abs(median))
-    return out
-
-
-def _retry_outliers(state: _State, groups, vols, target, dofs, metrics, settings,
-                    chunk) -> None:
-    """Register outlier volumes again from their neighbours' transforms; keep the best."""
-    for group in groups:
-        group = [t for t in group if t not in state.failed]
-        suspects = [t for t, bad in zip(group, outlying(state.losses[group])) if bad]
-        if not suspects:
-            continue
-        LOGGER.info("retrying outlier volumes %s from their neighbours' transforms", suspects)
-        good = [t for t in group if t not in suspects]
-        for side in (-1, 1):
-            trial = state.matrices.copy()
-            for t in suspects:
-                neighbours = [g for g in good if (g - t) * side > 0]
-                if neighbours:
-                    trial[t] = state.matrices[min(neighbours, key=lambda g: abs(g - t))]
-            found = _register_chunk(suspects, trial, vols, target, dofs[suspects[0]],
-                                    metrics[suspects[0]], settings)
-            for t, outcome in found.items():
-                if not isinstance(outcome, Exception) and outcome[1] < state.losses[t]:
-                    state.matrices[t], state.losses[t] = outcome[0], outcome[1]
-                    state.iterations[t] += outcome[2]
-        state.outliers.update(t for t, bad in zip(group, outlying(state.losses[group])) if bad)
-
-
-def _fill_failed(matrices: np.ndarray, failed: dict) -> np.ndarray:
-    """Failed volumes take the matrix of the nearest good volume (earlier one on ties)."""
-    out = matrices.copy()
-    good = [t for t in range(len(matrices)) if t not in failed]
-    for t in failed:
-        out[t] = matrices[min(good, key=lambda g: (abs(g - t), g))]
-    return out

@@ -28,7 +28,35 @@ LOGGER = logging.getLogger(__name__)
 #: Fewest b=0 / diffusion-weighted neighbour pairs a link is estimated from.
 MIN_PAIRS = 3
 #: A link larger than this (mm at the centre, degrees) is not believed and not applied.
-MAX_LINK_MM, MAX_LINK_DEG = 3.0, 3.0
+MAX_LINK_MM, MAX_LINK_DEG = 2.0, 2.0
+#: Pair estimates agree when they differ by less than this (mm: at the centre, plus the
+#: rotation as an arc on a 50 mm sphere); a link needs most pairs to agree.
+AGREE_MM = 0.3
+
+
+def _distance(a: np.ndarray, b: np.ndarray, centre: np.ndarray) -> float:
+    """Displacement at ``centre`` plus the rotation angle on a 50 mm sphere (mm)."""
+    delta = a @ np.linalg.inv(b)
+    shift = delta[:3, :3] @ centre + delta[:3, 3] - centre
+    return float(np.linalg.norm(shift) + 50.0 * Rotation.from_matrix(delta[:3, :3]).magnitude())
+
+
+def consensus(estimates: list, centre: np.ndarray) -> list:
+    """The largest group of estimates within :data:`AGREE_MM` of one of them.
+
+    Pairs on either side of a sudden head movement give estimates off by the movement; they
+    are left out, and a link is only made when the agreeing ones are the majority.
+
+    >>> shift = lambda x: np.r_[np.c_[np.eye(3), [x, 0, 0]], [[0, 0, 0, 1]]]
+    >>> len(consensus([shift(0.0), shift(0.05), shift(1.5), shift(0.1)], np.zeros(3)))
+    3
+    """
+    best: list = []
+    for anchor in estimates:
+        group = [e for e in estimates if _distance(e, anchor, centre) < AGREE_MM]
+        if len(group) > len(best):
+            best = group
+    return best
 
 
 def _huber_lstsq(a: np.ndarray, y: np.ndarray, rounds: int = 8) -> np.ndarray:
@@ -108,12 +136,17 @@ def continuity_link(matrices, dw, members, *, gradients=None, pe_direction=None,
         for t in (k - 1, k + 1):
             if t in chosen:
                 estimates.append(np.linalg.inv(rigid[t]) @ matrices[k])
-    if len(estimates) < MIN_PAIRS:
+    if w is None:  # the eddy shift along p is not modelled: correct across p only
+        for e in estimates:
+            e[:3, 3] -= pe * float(pe @ (e[:3, :3] @ centre + e[:3, 3] - centre))
+    agreeing = consensus(estimates, centre)
+    if len(agreeing) < max(MIN_PAIRS, 0.5 * len(estimates) + 1e-9):
+        LOGGER.info("b=0 continuity: %d of %d pair estimates agree; no link", len(agreeing),
+                    len(estimates))
         return None
+    estimates = agreeing
     rotvec = np.median([Rotation.from_matrix(e[:3, :3]).as_rotvec() for e in estimates], axis=0)
     shift = np.median([e[:3, :3] @ centre + e[:3, 3] - centre for e in estimates], axis=0)
-    if w is None:  # the eddy shift along p is not modelled: correct across p only
-        shift = shift - pe * float(pe @ shift)
     if np.linalg.norm(shift) > MAX_LINK_MM or np.degrees(np.linalg.norm(rotvec)) > MAX_LINK_DEG:
         LOGGER.warning("b=0 continuity gives an implausible link (%.2f mm, %.2f deg); not used",
                        np.linalg.norm(shift), np.degrees(np.linalg.norm(rotvec)))

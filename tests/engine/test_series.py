@@ -13,7 +13,8 @@ import torch
 
 from niaffine.data import series as S
 from niaffine.engine import register_series
-from niaffine.engine.series import SeriesResult, outlying, volumes_per_call_for
+from niaffine.engine.series import SeriesResult
+from niaffine.engine.series_passes import outlying, volumes_per_call_for
 from niaffine.errors import InputError
 from tests import series_cases as SC
 
@@ -119,7 +120,7 @@ def test_a_constant_volume_does_not_spoil_the_others(bold):
 
 def test_a_failing_volume_is_isolated(bold, monkeypatch):
     """A volume whose registration raises fails alone; the chunk is split around it."""
-    from niaffine.engine import series as series_module
+    from niaffine.engine import series_passes as series_module
     from niaffine.errors import RegistrationError
 
     real = series_module.register_batch
