@@ -23,6 +23,7 @@ from pathlib import Path
 
 from benchmarks.peers.commands import find_mrregister, find_reg_aladin, run_mrtrix, run_niftyreg
 from benchmarks.peers.inprocess import run_ants, run_elastix, run_niaffine, run_torchreg
+from niaffine.presets import PRESETS as ENGINE_PRESETS
 
 TOOLS = ("niaffine", "ants", "elastix", "niftyreg", "mrtrix", "torchreg")
 """Every tool, in table order."""
@@ -50,7 +51,7 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
                     "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "MRTRIX_NTHREADS")
 
 NIAFFINE_PRESETS: dict[str, dict] = {
-    "default": {},
+    **{name: {"preset": name} for name in ENGINE_PRESETS},  # the engine's own presets
     "search": {"rotation_search": True},
     "search-wide": {"rotation_search": True, "search_max_deg": 90.0},
 }
@@ -91,6 +92,8 @@ def niaffine_options(value: str | dict | None) -> dict:
     {'levels_mm': [8, 4]}
     >>> niaffine_options('{"preset": "search", "search_step_deg": 15}')
     {'rotation_search': True, 'search_step_deg': 15}
+    >>> niaffine_options("template"), niaffine_options('{"preset": "fast", "dof": 9}')
+    ({'preset': 'template'}, {'preset': 'fast', 'dof': 9})
     """
     if value is None or value == "":
         return {}
@@ -106,7 +109,8 @@ def niaffine_options(value: str | dict | None) -> dict:
                          f"({', '.join(NIAFFINE_PRESETS)}), JSON object or JSON file") from err
     if not isinstance(options, dict):
         raise ValueError(f"niaffine options must be a JSON object, got {options!r}")
-    if "preset" in options:  # {"preset": NAME, ...}: the preset, then the other keys
+    if "preset" in options and options["preset"] not in ENGINE_PRESETS:
+        # {"preset": NAME, ...}: this module's preset, then the other keys
         preset = options.pop("preset")
         if preset not in NIAFFINE_PRESETS:
             raise ValueError(f"unknown niaffine preset {preset!r}; "
