@@ -33,10 +33,14 @@ def _robust_unit(data: np.ndarray) -> np.ndarray:
 
 def run_niaffine(fixed, moving, *, dof=12, device="cpu", seed=0, fixed_mask=None,
                  moving_mask=None, threads=2, options=None, **_):
-    """niaffine ``register(..., metric="auto")``; ``options`` go to `register` as they are."""
-    import torch
+    """niaffine ``register(..., metric="auto")``; ``options`` go to `register` as they are.
 
-    from niaffine.engine import register
+    niaffine is imported before torch, as a user's program does: its threading policy
+    (``niaffine.threads``) takes effect only if it is set before torch loads.
+    """
+    from niaffine.engine import register  # noqa: I001 - first, see above
+
+    import torch
 
     torch.set_num_threads(int(threads))
     kwargs = {"dof": dof, "metric": "auto", "device": device, "seed": seed, **(options or {})}
