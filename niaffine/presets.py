@@ -16,8 +16,9 @@
     normalised mutual information is used, which is less drawn to the large overlapping
     background than MI (Dice 0.958, 1.1 mm from ANTs' answer).
 ``fast``
-    The default without the 1 mm level and with fewer samples: for quick looks and
-    previews, about half the time at a few hundredths of a millimetre more error.
+    The default without the 1 mm level and with fewer samples, for quick looks and
+    previews: it skips the costliest level; measured 0.03-0.09 mm more error than the
+    default on four synthetic cases (0.10-0.17 mm against 0.07-0.10 mm).
 
 Options given explicitly always win over a preset's.
 """
