@@ -95,11 +95,12 @@ def register_series(
     max_samples: int | None = DEFAULT_SAMPLES,
     max_iterations: int = 100,
     tolerance: float = 1e-9,
-    tolerance_mm: float = 1e-3,
+    tolerance_mm: float = 5e-3,
     volumes_per_call: int | None = None,
     memory_mb: float | None = None,
     device: str | torch.device = "auto",
     retry_outliers: bool = True,
+    coarse_first: bool = True,
     seed: int = 0,
     callback: Callable | None = None,
 ) -> SeriesResult:
@@ -172,6 +173,10 @@ def register_series(
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     retry_outliers : bool
         Register volumes with an outlying final metric again from their neighbours' transforms.
+    coarse_first : bool
+        BOLD with two passes: stop the first a level short of the finest (the second pass
+        starts there anyway, from transforms good enough for the robust reference). Not for
+        DWI, whose shell references need the first pass's finest level.
     seed : int
         Seeds the sampling of points when ``max_samples`` is set.
     callback : callable, optional
@@ -231,7 +236,11 @@ def register_series(
     state = State(n_volumes)
     todo = [t for t in usable if robust or t != anchor]
     target = Target(ref_img, mask_img, dev)
-    realign(state, vols, todo, target, dofs, metrics, settings, chunk, "pass 1")
+    two_pass = robust and passes >= 2 and len(usable) > 1 and len(settings.levels) > 1
+    # before a second pass, the first stops a level short: the robust reference needs the
+    # volumes within a fraction of a voxel, and the second pass starts at the finest level
+    realign(state, vols, todo, target, dofs, metrics, settings, chunk, "pass 1",
+            levels=settings.levels[:-1] if two_pass and coarse_first and not is_dwi else None)
     n_passes = 1
     if robust and passes >= 2 and len(usable) > 1:
         anchor_grid = ref_img
@@ -254,17 +263,16 @@ def register_series(
     if retry_outliers:
         retry_outlier_volumes(state, groups, vols, target, dofs, metrics, settings, chunk)
     links = {}
+    gradients = _gradients(bvecs, affine) if is_dwi else None
+    dw_mask = np.array([kind == "dw" and t not in state.failed for t, kind in enumerate(kinds)])
     if isinstance(pe_direction, str):
         if pe_direction != "auto":
             raise InputError(f"pe_direction={pe_direction!r}: give a world direction or 'auto'")
         pe_direction = None
-        if is_dwi and dof > 6 and any(kind == "dw" for kind in kinds):
-            from .series_dwi import phase_encoding_from_matrices
-
-            pe_direction = phase_encoding_from_matrices(
-                state.matrices, np.array([kind == "dw" for kind in kinds]), affine)
-    gradients = _gradients(bvecs, affine) if is_dwi else None
-    weighted = [t for t in usable if kinds[t] == "dw" and t not in state.failed]
+        if is_dwi and dof > 6 and dw_mask.any():
+            pe_direction = _find_phase_encoding(state.matrices, dw_mask, gradients, affine,
+                                                _centre(ref_img))
+    weighted = list(np.flatnonzero(dw_mask))
     if pe_direction is not None and dof == 12 and weighted and eddy_model:
         from .series_dwi import eddy_projection
 
@@ -290,6 +298,17 @@ def register_series(
         volumes_per_call=chunk, links=links,
         pe_direction=None if pe_direction is None else np.asarray(pe_direction, dtype=float),
     )
+
+
+def _find_phase_encoding(matrices, dw, gradients, affine, centre):
+    """The phase-encoding axis from the 12-dof distortions, else from the eddy shifts."""
+    from .series_dwi import phase_encoding_from_matrices, phase_encoding_from_shifts
+
+    found = phase_encoding_from_matrices(matrices, dw, affine)
+    if found is None and gradients is not None:
+        found = phase_encoding_from_shifts(matrices, dw, gradients, affine, centre)
+    LOGGER.info("phase-encoding axis: %s", "not found" if found is None else np.round(found, 3))
+    return found
 
 
 def _centre(img) -> np.ndarray:

@@ -76,12 +76,15 @@ def _huber_lstsq(a: np.ndarray, y: np.ndarray, rounds: int = 8) -> np.ndarray:
     return x
 
 
-def eddy_shift_model(rigid: dict, dw: np.ndarray, gradients, pe_direction, centre):
-    """``w`` of the eddy shift ``s_t = w . g_t`` along the phase-encoding axis, from the
-    differences of consecutive diffusion-weighted volumes (the head barely moves between
-    them; a robust fit passes over jumps). None with fewer than six such pairs."""
-    pe = np.asarray(pe_direction, dtype=float)
-    tau = {t: float(pe @ (m[:3, :3] @ centre + m[:3, 3] - centre)) for t, m in rigid.items()}
+def eddy_shift_model(rigid: dict, dw: np.ndarray, gradients, centre, pe_direction=None):
+    """The eddy shifts ``s_t = W g_t`` (mm at ``centre``), from the differences of consecutive
+    diffusion-weighted volumes (the head barely moves between them; a robust fit passes over
+    jumps).
+
+    With ``pe_direction`` the shift is along it only (``W = p w^T``, three unknowns), else a
+    full ``(3, 3)`` ``W``. None with fewer than six pairs of consecutive volumes.
+    """
+    tau = {t: m[:3, :3] @ centre + m[:3, 3] - centre for t, m in rigid.items()}
     rows, values = [], []
     for t in range(len(dw) - 1):
         if dw[t] and dw[t + 1]:
@@ -89,7 +92,28 @@ def eddy_shift_model(rigid: dict, dw: np.ndarray, gradients, pe_direction, centr
             values.append(tau[t] - tau[t + 1])
     if len(rows) < 6:
         return None
-    return _huber_lstsq(np.asarray(rows), np.asarray(values))
+    rows, values = np.asarray(rows), np.asarray(values)
+    if pe_direction is not None:
+        pe = np.asarray(pe_direction, dtype=float)
+        return np.outer(pe, _huber_lstsq(rows, values @ pe))
+    return np.stack([_huber_lstsq(rows, values[:, k]) for k in range(3)])
+
+
+def phase_encoding_from_shifts(matrices, dw, gradients, series_affine, centre):
+    """The voxel axis the eddy shifts run along (``W``'s dominant direction), or None when the
+    shifts are too small or do not point along one voxel axis."""
+    centre = np.asarray(centre, dtype=float)
+    rigid = {t: rigid_part(matrices[t], centre_world=centre) for t in np.flatnonzero(dw)}
+    shifts = eddy_shift_model(rigid, np.asarray(dw), gradients, centre)
+    if shifts is None:
+        return None
+    u, sv, _ = np.linalg.svd(shifts)
+    if not sv[0] > 3.0 * sv[1] or sv[0] < 0.05:
+        return None
+    axes = np.asarray(series_affine, dtype=float)[:3, :3]
+    axes = axes / np.linalg.norm(axes, axis=0)
+    cosines = np.abs(axes.T @ u[:, 0])
+    return axes[:, int(np.argmax(cosines))] if cosines.max() > 0.9 else None
 
 
 def continuity_link(matrices, dw, members, *, gradients=None, pe_direction=None, centre):
@@ -106,10 +130,11 @@ def continuity_link(matrices, dw, members, *, gradients=None, pe_direction=None,
         The volumes of one shell.
     gradients : (T, 3) array, optional
         World gradient directions: enable the eddy-shift model, and with it the correction
-        along the phase-encoding axis (without it only across).
+        along the phase-encoding axis (without it only across, and only with
+        ``pe_direction``).
     pe_direction : (3,) array or None
-        World phase-encoding direction (rigid parts are read across it). None: no link (the
-        rigid part of a distorted volume is not known well enough without it).
+        World phase-encoding direction: rigid parts are read across it and the shifts run
+        along it. None: polar rigid parts and shifts in any direction.
     centre : (3,) array
         World centre of the reference (where translations are compared).
 
@@ -117,26 +142,25 @@ def continuity_link(matrices, dw, members, *, gradients=None, pe_direction=None,
     -------
     (4, 4) array or None
     """
-    if pe_direction is None:
-        return None
     centre = np.asarray(centre, dtype=float)
-    pe = np.asarray(pe_direction, dtype=float) / np.linalg.norm(pe_direction)
+    pe = None if pe_direction is None else np.asarray(pe_direction, float) / np.linalg.norm(
+        pe_direction)
     rigid = {t: rigid_part(matrices[t], pe_direction=pe, centre_world=centre)
              for t in range(len(dw)) if dw[t]}
-    w = None
-    if gradients is not None:
-        w = eddy_shift_model(rigid, dw, gradients, pe, centre)
-    if w is not None:
+    shifts = None if gradients is None else eddy_shift_model(rigid, dw, gradients, centre, pe)
+    if shifts is None and pe is None:
+        return None  # neither the shifts nor the axis they run along are known
+    if shifts is not None:
         for t in rigid:
             rigid[t] = rigid[t].copy()
-            rigid[t][:3, 3] -= pe * float(w @ gradients[t])
+            rigid[t][:3, 3] -= shifts @ gradients[t]
     chosen = set(members)
     estimates = []
     for k in np.flatnonzero(~np.asarray(dw)):
         for t in (k - 1, k + 1):
             if t in chosen:
                 estimates.append(np.linalg.inv(rigid[t]) @ matrices[k])
-    if w is None:  # the eddy shift along p is not modelled: correct across p only
+    if shifts is None:  # the eddy shift along p is not modelled: correct across p only
         for e in estimates:
             e[:3, 3] -= pe * float(pe @ (e[:3, :3] @ centre + e[:3, 3] - centre))
     agreeing = consensus(estimates, centre)

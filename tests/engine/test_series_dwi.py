@@ -59,11 +59,14 @@ def test_eddy_projection_is_exact_on_the_model_and_removes_other_shears():
 
 def test_phase_encoding_axis_is_found():
     rng = np.random.default_rng(1)
-    dw, _, _, true = _series(rng)
+    dw, gradients, _, true = _series(rng)
     affine = np.diag([-2.5, 2.5, 2.5, 1.0])
     assert np.allclose(np.abs(D.phase_encoding_from_matrices(true, dw, affine)), PE)
+    assert np.allclose(np.abs(D.phase_encoding_from_shifts(true, dw, gradients, affine,
+                                                           CENTRE)), PE)
     heads_only = np.tile(np.eye(4), (len(dw), 1, 1))
     assert D.phase_encoding_from_matrices(heads_only, dw, affine) is None
+    assert D.phase_encoding_from_shifts(heads_only, dw, gradients, affine, CENTRE) is None
 
 
 @pytest.mark.parametrize("with_gradients", [True, False])
@@ -89,12 +92,15 @@ def test_continuity_link_removes_a_common_offset(with_gradients):
     assert angle < 0.05
 
 
-def test_continuity_link_needs_pairs_and_a_pe_axis():
+def test_continuity_link_needs_pairs_and_shifts_or_an_axis():
     rng = np.random.default_rng(3)
     dw, gradients, _, true = _series(rng)
     members = list(np.flatnonzero(dw))
-    assert D.continuity_link(true, dw, members, gradients=gradients, pe_direction=None,
-                             centre=CENTRE) is None
+    assert D.continuity_link(true, dw, members, pe_direction=None, centre=CENTRE) is None
+    # without the axis, shifts in any direction are fitted: the truth needs no correction
+    link = D.continuity_link(true, dw, members, gradients=gradients, pe_direction=None,
+                             centre=CENTRE)
+    assert link is not None and D._distance(link, np.eye(4), CENTRE) < 0.15
     b0_first = np.r_[np.zeros(3, bool), np.ones(20, bool)]
     only = np.tile(np.eye(4), (23, 1, 1))
     assert D.continuity_link(only, b0_first, list(range(3, 23)), pe_direction=PE,
