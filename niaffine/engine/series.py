@@ -71,7 +71,7 @@ DEFAULT_LEVELS = (4.0, 2.0, 1.0)
 #: Gaussian blur (standard deviation) of every level, as a fraction of its spacing.
 DEFAULT_SMOOTHING = 1.0
 #: Sample points per volume and level: a random subset of the mask's voxels beyond this.
-DEFAULT_SAMPLES = 20_000
+DEFAULT_SAMPLES = 15_000
 #: Largest b-value treated as b=0 (s/mm^2).
 B0_THRESHOLD = 50.0
 
@@ -156,7 +156,7 @@ def register_series(
         the pass against the robust reference.
     max_samples : int or None
         Sample points per volume and level (None: every voxel in the mask). A 3 mm brain
-        has about 60 000 voxels; 20 000 random ones (seeded) estimate the motion as well.
+        has about 60 000 voxels; 15 000 random ones (seeded) estimate the motion about as well.
     max_iterations : int
         Iteration cap per level.
     tolerance, tolerance_mm : float
@@ -236,14 +236,16 @@ def register_series(
     state = State(n_volumes)
     todo = [t for t in usable if robust or t != anchor]
     target = Target(ref_img, mask_img, dev)
-    two_pass = robust and passes >= 2 and len(usable) > 1 and len(settings.levels) > 1
+    second_pass = robust and passes >= 2 and len(usable) > 1
     # before a second pass, the first stops a level short: the robust reference needs the
     # volumes within a fraction of a voxel, and the second pass starts at the finest level
+    short = second_pass and coarse_first and not is_dwi and len(settings.levels) > 1
     realign(state, vols, todo, target, dofs, metrics, settings, chunk, "pass 1",
-            levels=settings.levels[:-1] if two_pass and coarse_first and not is_dwi else None)
+            levels=settings.levels[:-1] if short else None)
     n_passes = 1
-    if robust and passes >= 2 and len(usable) > 1:
-        anchor_grid = ref_img
+    groups = [([t for t in usable if kinds[t] == kind], target) for kind in dict.fromkeys(kinds)]
+    if second_pass:
+        anchor_grid, groups = ref_img, []
         for label, members in _pass2_groups(kinds, bvals, [t for t in usable
                                                            if t not in state.failed]):
             group_ref = robust_reference(data, state.matrices, affine, members, anchor_grid)
@@ -252,16 +254,15 @@ def register_series(
             group_target = Target(group_ref, group_mask, dev)
             # pass 1 left every volume within a fraction of a voxel: the finest level suffices
             realign(state, vols, members, group_target, dofs, metrics, settings, chunk,
-                     f"pass 2 ({label})" if is_dwi else "pass 2", levels=settings.levels[-1:])
+                    f"pass 2 ({label})" if is_dwi else "pass 2", levels=settings.levels[-1:])
+            groups.append((members, group_target))
             if label in ("all", "b=0"):
-                ref_img, mask_img, target = group_ref, group_mask, group_target
+                ref_img, mask_img = group_ref, group_mask
                 source = (f"{'median' if len(members) >= 5 else 'mean'} of {len(members)} "
                           f"{'b=0 ' if is_dwi else ''}volumes realigned to volume {anchor}")
         n_passes = 2
-    groups = ([[t for t in usable if kinds[t] == k] for k in ("b0", "dw")] if is_dwi
-              else [usable])
     if retry_outliers:
-        retry_outlier_volumes(state, groups, vols, target, dofs, metrics, settings, chunk)
+        retry_outlier_volumes(state, groups, vols, dofs, metrics, settings)
     links = {}
     gradients = _gradients(bvecs, affine) if is_dwi else None
     dw_mask = np.array([kind == "dw" and t not in state.failed for t, kind in enumerate(kinds)])

@@ -35,7 +35,7 @@ def level_steps(voxel_size, spacing_mm: float) -> np.ndarray:
 def _blur_numpy(volume: np.ndarray, sigma_vox) -> np.ndarray:
     if max(sigma_vox) <= 0.05:
         return volume
-    return ndi.gaussian_filter(volume, sigma_vox, mode="nearest", truncate=3.0)
+    return ndi.gaussian_filter(volume, sigma_vox, mode="nearest", truncate=2.5)
 
 
 class SeriesLevels:

@@ -211,10 +211,13 @@ def outlying(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def retry_outlier_volumes(state: State, groups, vols, target, dofs, metrics, settings,
-                    chunk) -> None:
-    """Register outlier volumes again from their neighbours' transforms; keep the best."""
-    for group in groups:
+def retry_outlier_volumes(state: State, groups, vols, dofs, metrics, settings) -> None:
+    """Register outlier volumes again from their neighbours' transforms; keep the best.
+
+    ``groups`` lists ``(volumes, target)``: volumes compared with one another, and the
+    reference their final losses were measured against.
+    """
+    for group, target in groups:
         group = [t for t in group if t not in state.failed]
         suspects = [t for t, bad in zip(group, outlying(state.losses[group])) if bad]
         if not suspects:

@@ -22,7 +22,7 @@ from .resample import resample_array, voxel_map
 LOGGER = logging.getLogger(__name__)
 
 #: Volumes a robust reference is made of, at most (evenly spread over the candidates).
-MAX_REFERENCE_VOLUMES = 20
+MAX_REFERENCE_VOLUMES = 12
 #: A BOLD run's first reference is the most typical of this many first volumes.
 FIRST_CANDIDATES = 10
 
