@@ -231,26 +231,33 @@ def _as_3d(img):
     return nb.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine, img.header)
 
 
+def run_reporting_failures(run_fn, args, *, prog: str, action: str) -> int:
+    """``run_fn(args)``, with known failures turned into one line and their exit code.
+
+    Shared by ``niaffine-register`` and ``niaffine-realign``: 69 device unavailable, 65 bad
+    input, 70 the optimisation failed (``"<action> failed: ..."``), 73 an output not written.
+    """
+    failures = (
+        (DeviceUnavailableError, EXIT_UNAVAILABLE, ""),
+        (InputError, EXIT_DATA, ""),
+        (RegistrationError, EXIT_SOFTWARE, f"{action} failed: "),
+        (OSError, EXIT_CANTCREAT, "cannot write output: "),
+    )
+    try:
+        return run_fn(args)
+    except tuple(kind for kind, _, _ in failures) as err:
+        code, prefix = next((c, p) for kind, c, p in failures if isinstance(err, kind))
+        print(f"{prog}: error: {prefix}{err}", file=sys.stderr)
+        return code
+
+
 def main(argv=None) -> int:
     """Parse ``argv``, run, and return the exit code (errors become one-line messages)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except DeviceUnavailableError as err:
-        print(f"niaffine-register: error: {err}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except InputError as err:
-        print(f"niaffine-register: error: {err}", file=sys.stderr)
-        return EXIT_DATA
-    except RegistrationError as err:
-        print(f"niaffine-register: error: registration failed: {err}", file=sys.stderr)
-        return EXIT_SOFTWARE
-    except OSError as err:
-        print(f"niaffine-register: error: cannot write output: {err}", file=sys.stderr)
-        return EXIT_CANTCREAT
+    return run_reporting_failures(run, args, prog="niaffine-register", action="registration")
 
 
 def cli() -> None:

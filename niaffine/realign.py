@@ -24,19 +24,12 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .cli import EXIT_CANTCREAT, EXIT_DATA, EXIT_SOFTWARE, EXIT_UNAVAILABLE, _levels, _positive_int
-from .errors import DeviceUnavailableError, InputError, RegistrationError
+from .cli import _levels, _positive_int, run_reporting_failures
+from .errors import InputError
 from .series_io import PE_CODES
 
 LOGGER = logging.getLogger("niaffine.realign")
 PROG = "niaffine-realign"
-#: Failures, their exit codes and how their message starts.
-FAILURES = (
-    (DeviceUnavailableError, EXIT_UNAVAILABLE, ""),
-    (InputError, EXIT_DATA, ""),
-    (RegistrationError, EXIT_SOFTWARE, "realignment failed: "),
-    (OSError, EXIT_CANTCREAT, "cannot write output: "),
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,12 +231,7 @@ def main(argv=None) -> int:
     check_arguments(parser, args)
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except tuple(kind for kind, _, _ in FAILURES) as err:
-        code, prefix = next((c, p) for kind, c, p in FAILURES if isinstance(err, kind))
-        print(f"{PROG}: error: {prefix}{err}", file=sys.stderr)
-        return code
+    return run_reporting_failures(run, args, prog=PROG, action="realignment")
 
 
 def cli() -> None:
