@@ -505,9 +505,9 @@ def _probe_beats(params: AffineParameters, objective, loss: torch.Tensor,
     """
     if "rotation" not in params.active:
         return False
-    probes = [np.deg2rad(sign * a) * np.eye(params.ndim if params.ndim == 3 else 1)[axis]
-              for a in angles_deg for sign in (-1.0, 1.0)
-              for axis in range(3 if params.ndim == 3 else 1)]
+    axes = np.eye(params.rotation.shape[-1])  # rotation-vector axes: 3 in 3D, 1 in 2D
+    probes = [np.deg2rad(sign * a) * axis for a in angles_deg for sign in (-1.0, 1.0)
+              for axis in axes]
     base = params.rotation.detach().clone()
     candidates = torch.as_tensor(
         _compose_rotations(np.array(probes), (base / params.radius).cpu().numpy()),
