@@ -193,8 +193,9 @@ class Target:
 
 def outlying(values: np.ndarray) -> np.ndarray:
     """Which final losses are far worse than the others: a robust z-score (median, 1.4826 MAD)
-    above :data:`OUTLIER_Z` and a loss worse than the median by half the median's size. Never
-    with fewer than :data:`OUTLIER_MIN_VOLUMES` finite values.
+    above :data:`OUTLIER_Z` and a loss worse than the median by at least the median's size
+    (twice the median for the correlation loss, which is zero at a perfect fit). Never with
+    fewer than :data:`OUTLIER_MIN_VOLUMES` finite values.
 
     >>> outlying(np.array([1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0, 1.02, 5.0])).tolist()
     [False, False, False, False, False, False, False, False, True]
@@ -207,7 +208,7 @@ def outlying(values: np.ndarray) -> np.ndarray:
     median = np.median(values[finite])
     mad = 1.4826 * np.median(np.abs(values[finite] - median))
     excess = values[finite] - median
-    out[finite] = (excess > OUTLIER_Z * max(mad, 1e-12)) & (excess > 0.5 * abs(median))
+    out[finite] = (excess > OUTLIER_Z * max(mad, 1e-12)) & (excess > abs(median))
     return out
 
 
