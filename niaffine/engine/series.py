@@ -277,9 +277,12 @@ def register_series(
     if pe_direction is not None and dof == 12 and weighted and eddy_model:
         from .series_dwi import eddy_projection
 
-        r2 = eddy_projection(state.matrices, weighted, pe_direction, _centre(ref_img), gradients)
-        LOGGER.info("eddy-current model along %s: linear fit R^2 %s", np.round(pe_direction, 3),
-                    "n/a" if r2 is None else f"{r2:.3f}")
+        # per shell: eddy fields grow with the gradient's strength, hence with the b-value
+        for label, members in _pass2_groups(kinds, bvals, weighted):
+            r2 = eddy_projection(state.matrices, members, pe_direction, _centre(ref_img),
+                                 gradients)
+            LOGGER.info("%s: eddy-current model along %s, linear fit R^2 %s", label,
+                        np.round(pe_direction, 3), "n/a" if r2 is None else f"{r2:.3f}")
     if is_dwi and link != "mi":
         links = _link_shells(state, kinds, bvals, gradients, pe_direction, usable, ref_img,
                              link)

@@ -220,9 +220,10 @@ def phase_encoding_from_matrices(matrices, dw, series_affine) -> np.ndarray:
     return axes[:, int(order[0])]
 
 
-#: The eddy-current terms are smoothed by a linear model of the gradient vector only when it
-#: explains at least this fraction of their variance.
-MIN_EDDY_R2 = 0.9
+#: The eddy-current terms of a shell are replaced by a linear model of the gradient vector
+#: when it explains at least this fraction of their variance (what it leaves is mostly
+#: estimation noise at high b-values, where the volumes are dark).
+MIN_EDDY_R2 = 0.6
 
 
 def eddy_projection(matrices, members, pe_direction, centre, gradients=None):
@@ -231,8 +232,9 @@ def eddy_projection(matrices, members, pe_direction, centre, gradients=None):
     Each matrix keeps its rotation (read across ``p``), its distortion along ``p`` (``k``) and
     its displacement at ``centre``; the scales and shears across ``p``, which eddy currents
     do not cause, are dropped as estimation noise. With ``gradients``, ``k`` is replaced by
-    a linear fit ``k = K g + k0`` over the volumes when it explains at least
-    :data:`MIN_EDDY_R2` of ``k``'s variance (eddy fields scale with the diffusion gradient).
+    ``K g`` from a linear fit ``k = K g + k0`` over the volumes when it explains at least
+    :data:`MIN_EDDY_R2` of ``k``'s variance (eddy fields scale with the diffusion gradient;
+    ``k0``, the same for every volume, is what the registration across contrasts got wrong).
 
     Parameters
     ----------
@@ -263,11 +265,15 @@ def eddy_projection(matrices, members, pe_direction, centre, gradients=None):
     if gradients is not None and len(members) >= 8:
         design = np.c_[np.asarray(gradients, dtype=float)[members], np.ones(len(members))]
         observed = np.array([terms[t] for t in members])
-        fitted = design @ np.linalg.lstsq(design, observed, rcond=None)[0]
+        coefficients = np.linalg.lstsq(design, observed, rcond=None)[0]
+        fitted = design @ coefficients
         spread = float(((observed - observed.mean(0)) ** 2).sum())
         r2 = 1.0 - float(((observed - fitted) ** 2).sum()) / spread if spread > 0 else 0.0
         if r2 >= MIN_EDDY_R2:
-            terms = {t: fitted[i] for i, t in enumerate(members)}
+            # no gradient, no eddy current: the intercept is the shell's common offset from
+            # the cross-contrast registration, not distortion
+            linear = design[:, :3] @ coefficients[:3]
+            terms = {t: linear[i] for i, t in enumerate(members)}
     for t in members:
         at_centre = matrices[t][:3, :3] @ centre + matrices[t][:3, 3]
         linear = (np.eye(3) + np.outer(p, terms[t])) @ rotations[t]

@@ -191,23 +191,33 @@ class Target:
         return self._levels[key]
 
 
-def outlying(values: np.ndarray) -> np.ndarray:
-    """Which final losses are far worse than the others: a robust z-score (median, 1.4826 MAD)
-    above :data:`OUTLIER_Z` and a loss worse than the median by half the median's size. Never
-    with fewer than :data:`OUTLIER_MIN_VOLUMES` finite values.
+def outlying(values: np.ndarray, window: int = 3) -> np.ndarray:
+    """Which final losses stand out from their neighbours in time.
+
+    Each loss is compared with the median of the ``2 * window + 1`` losses around it (a
+    volume that landed in a wrong minimum is worse than the volumes acquired just before and
+    after it, while a slow trend or a step in the losses, e.g. after a jump to a pose the
+    reference fits less well, is not). A volume is an outlier when that excess is above
+    :data:`OUTLIER_Z` robust standard deviations (1.4826 MAD of all excesses) and larger than
+    the local median itself (twice the local loss for the correlation loss, zero at a perfect
+    fit). Never with fewer than :data:`OUTLIER_MIN_VOLUMES` finite values.
 
     >>> outlying(np.array([1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0, 1.02, 5.0])).tolist()
     [False, False, False, False, False, False, False, False, True]
+    >>> bool(outlying(np.r_[np.full(10, 1.0), np.full(10, 3.0)]).any())  # a step is no outlier
+    False
     """
     values = np.asarray(values, dtype=float)
-    finite = np.isfinite(values)
     out = np.zeros(values.shape, dtype=bool)
-    if finite.sum() < OUTLIER_MIN_VOLUMES:
+    finite = np.flatnonzero(np.isfinite(values))
+    if len(finite) < OUTLIER_MIN_VOLUMES:
         return out
-    median = np.median(values[finite])
-    mad = 1.4826 * np.median(np.abs(values[finite] - median))
-    excess = values[finite] - median
-    out[finite] = (excess > OUTLIER_Z * max(mad, 1e-12)) & (excess > 0.5 * abs(median))
+    series = values[finite]
+    local = np.array([np.median(series[max(0, k - window):k + window + 1])
+                      for k in range(len(series))])
+    excess = series - local
+    mad = 1.4826 * np.median(np.abs(excess - np.median(excess)))
+    out[finite] = (excess > OUTLIER_Z * max(mad, 1e-12)) & (excess > np.abs(local))
     return out
 
 

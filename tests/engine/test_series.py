@@ -148,6 +148,7 @@ def test_outlying_losses():
     values = np.r_[np.full(10, 1.0) + np.linspace(-0.05, 0.05, 10), 4.0]
     assert outlying(values).tolist() == [False] * 10 + [True]
     assert not outlying(values[-6:]).any()  # too few volumes to tell
+    assert not outlying(np.r_[values[:10], 1.6]).any()  # worse, but not twice the median
 
 
 def test_memory_budget_sets_the_chunks():
