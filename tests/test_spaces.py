@@ -3,53 +3,15 @@
 
 from __future__ import annotations
 
-import json
-import socket
-
-import nibabel as nb
-import numpy as np
 import pytest
 
 from niaffine import spaces as sp
-
-TPL = "MNI152NLin6Asym"
-
-
-def _grid_image(shape, zoom, value=None) -> nb.Nifti1Image:
-    """A small template-like image: a bright ellipsoid (or a mask) on a RAS grid."""
-    affine = np.diag([zoom, zoom, zoom, 1.0])
-    affine[:3, 3] = -(np.array(shape) - 1) * zoom / 2
-    ijk = np.indices(shape).reshape(3, -1).T
-    xyz = nb.affines.apply_affine(affine, ijk)
-    inside = (((xyz / [30.0, 36.0, 28.0]) ** 2).sum(1) <= 1).reshape(shape)
-    data = inside.astype(np.uint8) if value is None else inside * np.float32(value)
-    img = nb.Nifti1Image(data, affine)
-    img.header.set_xyzt_units("mm")
-    return img
-
-
-def make_templateflow_home(root, name=TPL, resolutions=((2, 2.0),)):
-    """A TemplateFlow home with one template: T1w and brain mask per (index, mm)."""
-    folder = root / f"tpl-{name}"
-    folder.mkdir(parents=True)
-    (folder / "template_description.json").write_text(json.dumps(
-        {"Identifier": name, "Name": "test template", "TemplateFlowVersion": "1.0.0"}))
-    for index, zoom in resolutions:
-        shape = tuple(int(round(n / zoom)) + 1 for n in (80.0, 96.0, 76.0))
-        stem = folder / f"tpl-{name}_res-{index:02d}"
-        _grid_image(shape, zoom, 100.0).to_filename(f"{stem}_T1w.nii.gz")
-        _grid_image(shape, zoom).to_filename(f"{stem}_desc-brain_mask.nii.gz")
-    return root
+from tests.templateflow_home import TPL, block_network, grid_image, make_templateflow_home
 
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-    """Any connection attempt fails the test (TemplateFlow must never download)."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("niaffine tried to reach the network")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+    block_network(monkeypatch)
 
 
 @pytest.fixture
@@ -108,9 +70,9 @@ def test_grammar_errors_are_one_line(text, message):
 
 def test_several_spaces_and_files(tmp_path):
     tpl = tmp_path / "tpl-Mine_res-1_T1w.nii.gz"
-    _grid_image((9, 9, 9), 2.0, 1.0).to_filename(tpl)
+    grid_image((9, 9, 9), 2.0, 1.0).to_filename(tpl)
     mask = tmp_path / "mask.nii.gz"
-    _grid_image((9, 9, 9), 2.0).to_filename(mask)
+    grid_image((9, 9, 9), 2.0).to_filename(mask)
     spaces = sp.parse_spaces([f"{TPL}:res-2", "func", str(tpl), "anat"], template_mask=mask)
     assert [s.label for s in spaces] == ["T1w", f"{TPL}:res-2", "func", "Mine"]
     assert spaces[3].kind == "file" and spaces[3].path == tpl and spaces[3].mask == mask
