@@ -167,7 +167,8 @@ def parse_space(text: str, *, template_mask: str | os.PathLike | None = None) ->
     ----------
     text : str
         ``NAME[:res-N][:cohort-M]``, ``T1w``/``anat``, ``func``/``run``/``boldref``/``sbref``,
-        or the path of a template T1w image.
+        or the path of a template T1w image (anything with a ``/`` or a ``.nii``/``.nii.gz``
+        ending; ``./name`` for a file without either).
     template_mask : path-like, optional
         Brain mask of a user template (only with a path).
 
@@ -188,12 +189,12 @@ def parse_space(text: str, *, template_mask: str | os.PathLike | None = None) ->
     text = str(text).strip()
     if text in NONSTANDARD:
         return Space(NONSTANDARD[text], kind="nonstandard")
-    if Path(text).expanduser().is_file():
-        path = Path(text).expanduser().resolve()
-        mask = Path(template_mask).expanduser().resolve() if template_mask else None
-        return Space(template_label(path), kind="file", path=path, mask=mask)
     if looks_like_path(text):
-        raise SpaceError(f"output space {text!r}: template file not found")
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise SpaceError(f"output space {text!r}: template file not found")
+        mask = Path(template_mask).expanduser().resolve() if template_mask else None
+        return Space(template_label(path), kind="file", path=path.resolve(), mask=mask)
     name, *modifiers = text.split(":")
     if name in NONSTANDARD:
         raise SpaceError(f"output space {text!r}: {name} takes no modifiers")
