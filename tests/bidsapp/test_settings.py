@@ -109,3 +109,37 @@ def test_boilerplate_only_is_refused(bids, tmp_path):
     with pytest.raises(errors.BidsAppError, match="no citation boilerplate") as exc:
         settings_for(bids, tmp_path, "--boilerplate-only")
     assert exc.value.code == errors.EXIT_USAGE
+
+
+def test_app_with_a_templateflow_space(tmp_path, capsys, monkeypatch):
+    """The whole participant level (stand-in workflow) on a TemplateFlow space, offline."""
+    from tests.bidsapp.conftest import install_fake_workflows, run_app, write_skeleton
+
+    install_fake_workflows(monkeypatch)
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(make_templateflow_home(tmp_path / "tf")))
+    bids = write_skeleton(tmp_path / "bids")
+    out, work = tmp_path / "out", tmp_path / "work"
+    code, text = run_app(capsys, bids, out, "participant", "-w", work, "--plugin", "Linear",
+                         "--skip_bids_validator", "--notrack", "--fs-license-file", "/x",
+                         "--output-spaces", f"{TPL}:res-2", "T1w")
+    assert code == 0, text
+    assert "fMRIPrep options accepted and ignored (niaffine has no use for them): " \
+           "--fs-license-file" in text
+    anat = out / "sub-01" / "anat"
+    assert (anat / f"sub-01_from-T1w_to-{TPL}_mode-image_xfm.txt").is_file()
+    assert (anat / f"sub-01_space-{TPL}_T2w.nii.gz").is_file()
+
+
+def test_app_with_an_absent_template_exits_64_before_writing(tmp_path, capsys, monkeypatch):
+    from tests.bidsapp.conftest import run_app, write_skeleton
+
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(make_templateflow_home(tmp_path / "tf")))
+    bids = write_skeleton(tmp_path / "bids")
+    out, work = tmp_path / "out", tmp_path / "work"
+    code, text = run_app(capsys, bids, out, "participant", "-w", work, "--device", "cpu",
+                         "--output-spaces", "MNI152NLin2009cAsym:res-2")
+    assert code == errors.EXIT_USAGE
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1 and "template MNI152NLin2009cAsym at res-2 is not available" in lines[0]
+    assert "tf.get('MNI152NLin2009cAsym', resolution=2" in lines[0]
+    assert not out.exists() and not work.exists()
