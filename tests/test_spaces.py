@@ -127,3 +127,26 @@ def test_builtin_template_without_templateflow(tmp_path, monkeypatch):
         assert (found.source, found.res) == ("builtin", res)
     with pytest.raises(sp.SpaceError, match="built in: MNI152NLin2009aSym at res-1 and res-2"):
         sp.resolve_template(sp.parse_space("MNI152NLin2009aSym:res-3"))
+
+
+def test_real_templateflow_skeleton(tmp_path, monkeypatch):
+    """TemplateFlow's own skeleton (every file an empty placeholder, as after a fresh
+    install): nothing resolves and nothing is fetched; a template whose two files are then
+    filled in (as ``tf.get`` would) resolves, by TemplateFlow's real file names."""
+    import importlib.util
+    import zipfile
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("templateflow")
+    skeleton = Path(spec.submodule_search_locations[0]) / "conf" / "templateflow-skel.zip"
+    home = tmp_path / "skeleton"
+    zipfile.ZipFile(skeleton).extractall(home)
+    monkeypatch.setenv("TEMPLATEFLOW_HOME", str(home))
+    with pytest.raises(sp.SpaceError, match=f"template {TPL} at res-2 is not available"):
+        sp.resolve_template(sp.parse_space(f"{TPL}:res-2"))
+    folder = home / f"tpl-{TPL}"
+    grid_image((41, 49, 39), 2.0, 100.0).to_filename(folder / f"tpl-{TPL}_res-02_T1w.nii.gz")
+    grid_image((41, 49, 39), 2.0).to_filename(folder / f"tpl-{TPL}_res-02_desc-brain_mask.nii.gz")
+    found = sp.resolve_template(sp.parse_space(f"{TPL}:res-2"))
+    assert (found.source, found.t1w.name) == ("templateflow", f"tpl-{TPL}_res-02_T1w.nii.gz")
+    assert found.mask.name == f"tpl-{TPL}_res-02_desc-brain_mask.nii.gz"
