@@ -96,11 +96,14 @@ SPECS = {
         {
             "template": {"usedefault": True, "default": "MNI152NLin2009aSym"},
             "template_mask": {"exists": True, "mandatory": None},
+            "output_resolution": {"mandatory": None},
         },
         {
             "template_file": {"exists": True},
             "brain_file": {"exists": True},
             "mask_file": {"exists": True},
+            "grid_file": {"exists": True},
+            "grid_mask_file": {"exists": True},
         },
     ),
 }
