@@ -57,6 +57,7 @@ IGNORED = {
     "save_state": "no restorable state",
     "verbose": "logging levels decide",
     "args": "no command line",
+    "environ": "no command line",
 }
 
 
@@ -167,6 +168,6 @@ def ignored_inputs(inputs) -> list[str]:
     out = []
     for name, why in IGNORED.items():
         value = getattr(inputs, name, None)
-        if value is not None and isdefined(value) and value != []:
+        if value is not None and isdefined(value) and value not in ([], {}):
             out.append(f"{name} ({why})")
     return out

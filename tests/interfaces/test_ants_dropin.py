@@ -65,9 +65,18 @@ def _ants_graph(registration, pair, base_dir):
 
 
 def test_ants_settings_are_valid_ants_inputs():
-    """The settings above are what ``ants.Registration`` itself accepts."""
-    reg = ants.Registration(**ANTS_SETTINGS)
+    """The settings above are what ``ants.Registration`` itself accepts; all of an ANTs
+    node's inputs, its defaults included, can be handed over as they are."""
+    from niaffine.interfaces.registration import ants_options
+
+    reg = ants.Registration(**ANTS_SETTINGS, fixed_image=[__file__], moving_image=[__file__])
     assert reg.inputs.transforms == ["Rigid"] and reg.inputs.metric == ["Mattes"]
+    given = {k: v for k, v in reg.inputs.get_traitsfree().items()  # not nipype's helper traits
+             if not k.endswith(("_item_trait", "_stage_trait"))}
+    ours = AffineRegistration(**given)
+    options, files = ants_options(ours.inputs)
+    assert (options.dof, options.metric, options.seed) == (6, "mi", 3)
+    assert options.init == "com" and files["fixed_image"] == __file__
 
 
 def test_drop_in_for_ants_registration(pair, tmp_path, caplog):
