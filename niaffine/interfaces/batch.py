@@ -157,7 +157,8 @@ def register_files_batch(
     InputError
         The fixed image or its mask cannot be used (no item could be registered).
     """
-    from niaffine.service import OutputPaths, RegistrationOptions, mask_volume_ml, write_outputs
+    from niaffine.runfacts import mask_volume_ml
+    from niaffine.service import OutputPaths, RegistrationOptions, write_outputs
 
     fixed = load_image(fixed_image, role="fixed image")
     fixed_mask = load_image(fixed_image_mask, role="fixed mask") if fixed_image_mask else None
