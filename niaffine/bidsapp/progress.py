@@ -24,6 +24,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 from nipype.pipeline.plugins.linear import LinearPlugin
@@ -83,6 +84,14 @@ class StatusLine:
         self._stream = stream or (lambda: sys.stderr)
         self._text = ""
         self._lock = threading.RLock()
+        if hasattr(os, "register_at_fork"):  # MultiProc forks workers while the line is live
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: ref() and ref()._forget())
+
+    def _forget(self) -> None:
+        """In a forked worker: a fresh lock (the parent's may be held) and no line to redraw."""
+        self._lock = threading.RLock()
+        self._text = ""
 
     @property
     def is_terminal(self) -> bool:

@@ -45,6 +45,27 @@ def test_terminal_line_is_rewritten_in_place_and_log_lines_go_above():
     assert progress.done == {"01"} and progress.final_line().startswith("all 2 nodes done")
 
 
+def test_a_forked_worker_neither_redraws_the_line_nor_waits_for_its_lock():
+    import os
+    import signal
+
+    stream = _Terminal()
+    line = StatusLine(lambda: stream)
+    line.show("3/9 nodes done")
+    line._lock.acquire()  # as if the progress thread held it when MultiProc forked
+    try:
+        pid = os.fork()
+        if pid == 0:  # the worker (killed by the alarm if it hangs on the lock)
+            signal.alarm(20)
+            with line.paused():
+                pass
+            os._exit(0 if line._text == "" else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        line._lock.release()
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_failures_and_nodes_not_run_are_counted():
     progress = RunProgress(["01", "02"], interval_s=30, status_line=StatusLine(io.StringIO))
     progress.begin(3, end_without_start_skips=True)
