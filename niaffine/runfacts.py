@@ -16,8 +16,8 @@ import numpy as np
 
 #: Identifies the layout of the run-facts JSON (bump when a field changes meaning).
 SCHEMA = "niaffine-run-facts/1"
-#: Fields left out of the JSON where they are ``None``.
-_OPTIONAL = ("fixed_mask", "moving_mask", "mask_volume_ml", "batch_size")
+#: Fields left out of the JSON where they are ``None`` (the others are always there).
+_OPTIONAL = ("batch_size",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +71,8 @@ class RunFacts:
 
     Notes
     -----
-    The JSON holds every field; the optional ones (``fixed_mask``, ``moving_mask``,
-    ``mask_volume_ml``, ``batch_size``) are left out where they are ``None``.
+    The JSON holds every field (``null`` where there is no value) except ``batch_size``,
+    which is left out of runs that were not batched.
     """
 
     source: str
