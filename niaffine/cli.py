@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-fsl", type=Path, help="also write the transform as FSL .mat")
     parser.add_argument("--out-lta", type=Path, help="also write the transform as FreeSurfer LTA")
     parser.add_argument("--out-json", type=Path,
-                        help="run facts (JSON; fields: niaffine.service.RunFacts): matrix, parameters, "
+                        help="run facts (JSON; fields: niaffine.runfacts.RunFacts): matrix, parameters, "
                              "metric, iterations and time per level, versions")
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda or cuda:N [default: auto]")

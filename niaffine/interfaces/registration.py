@@ -142,7 +142,7 @@ class _AffineRegistrationOutputSpec(TraitedSpec):
     inverse_warped_image = File(desc="fixed image resampled onto the moving grid")
     metric_value = traits.Float(desc="final metric value")
     elapsed_time = traits.Float(desc="seconds spent registering")
-    run_facts = File(exists=True, desc="JSON file of run facts (niaffine.service.RunFacts)")
+    run_facts = File(exists=True, desc="JSON file of run facts (niaffine.runfacts.RunFacts)")
 
 
 def _given(value):
