@@ -18,7 +18,8 @@ from niaffine.workflows.resample import init_resample_wf
 
 from .conftest import run_collecting, subject_from_truth
 
-FACT_KEYS = {"source", "target", "metric", "final_metric", "dof", "iterations", "elapsed_s",
+FACT_KEYS = {"source", "target", "metric", "final_metric", "dof", "iterations_total", "iterations_per_level",
+             "converged", "seed", "versions", "schema", "elapsed_s",
              "mask_volume_ml"}
 
 
