@@ -32,6 +32,8 @@ LOGGER = logging.getLogger("niaffine.spaces")
 
 #: The template niaffine provides without TemplateFlow (nilearn ships its 1 mm T1).
 BUILTIN_TEMPLATE = "MNI152NLin2009aSym"
+#: ``--output-spaces`` when none is given: the T1w and the built-in template.
+DEFAULT_SPACES = ("T1w", BUILTIN_TEMPLATE)
 #: TemplateFlow resolutions (indices) of the built-in template: res-1 is nilearn's file,
 #: res-2 is made from it (see :func:`niaffine.interfaces.templates.template_files`).
 BUILTIN_RESOLUTIONS = ("1", "2")

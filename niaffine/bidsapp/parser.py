@@ -15,15 +15,11 @@ import re
 import textwrap
 from pathlib import Path
 
-from niaffine import __version__
+from niaffine import __version__, choices
+from niaffine.choices import DEFAULT_SPACES, MODALITIES  # noqa: F401  (re-exported)
 from niaffine.devices import device_argument
 
 ANALYSIS_LEVELS = ("participant", "group")
-MODALITIES = ("T2w", "FLAIR", "PDw", "bold", "dwi")
-DEFAULT_SPACES = ("T1w", "MNI152NLin2009aSym")
-METRICS = ("auto", "mi", "nmi", "ncc", "lncc", "mse", "cr")
-DOFS_TEMPLATE = (6, 7, 9, 12)
-DOFS_COREG = (3, 6, 7, 9, 12)
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 
@@ -274,14 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="brain mask on the grid of a user template given in --output-spaces",
     )
     what.add_argument(
-        "--dof", type=int, choices=DOFS_TEMPLATE, default=12,
+        "--dof", type=int, choices=choices.DOFS_TEMPLATE, default=choices.DEFAULT_DOF,
         help="degrees of freedom of the T1w-to-template registration",
     )
     what.add_argument(
-        "--dof-coreg", dest="dof_coreg", type=int, choices=DOFS_COREG, default=6,
+        "--dof-coreg", dest="dof_coreg", type=int, choices=choices.DOFS,
+        default=choices.DEFAULT_DOF_COREG,
         help="degrees of freedom of the image-to-T1w coregistrations",
     )
-    what.add_argument("--metric", choices=METRICS, default="auto",
+    what.add_argument("--metric", choices=choices.METRIC_CHOICES, default="auto",
                       help="similarity metric; auto: each registration's preset (mutual "
                            "information within the subject, normalised MI to the template)")
     what.add_argument(
@@ -338,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--device", type=device_argument, default="auto",
-        help="auto (CUDA if available), cpu, or cuda[:N]",
+        help=f"{', '.join(choices.DEVICE_CHOICES)}: auto is CUDA where available",
     )
     run.add_argument(
         "--n-gpu-procs", dest="n_gpu_procs", type=_positive_int, default=1,

@@ -20,7 +20,7 @@ import os
 import uuid
 from pathlib import Path
 
-from niaffine import __version__
+from niaffine import __version__, choices
 from niaffine import spaces as sp
 from niaffine.bidsapp import errors
 from niaffine.bidsapp.parser import ANALYSIS_LEVELS
@@ -29,8 +29,8 @@ from niaffine.spaces import Space, template_label  # noqa: F401  (template_label
 from niaffine.threads import available_cpus
 
 LOGGER = logging.getLogger("niaffine.bidsapp")
-BUILTIN_TEMPLATES = (sp.BUILTIN_TEMPLATE,)
-DEFAULT_SPACES = (Space("T1w", kind="nonstandard"), Space(sp.BUILTIN_TEMPLATE))
+#: The default ``--output-spaces`` (:data:`niaffine.choices.DEFAULT_SPACES`), parsed.
+DEFAULT_SPACES = sp.parse_spaces(choices.DEFAULT_SPACES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,14 +56,14 @@ class Settings:
     bids_filters: dict = dataclasses.field(default_factory=dict)
     skip_bids_validation: bool = False
     bids_database_dir: Path | None = None
-    modalities: tuple[str, ...] = ("T2w", "FLAIR", "PDw", "bold", "dwi")
+    modalities: tuple[str, ...] = choices.MODALITIES
     spaces: tuple[Space, ...] = DEFAULT_SPACES
-    output_spaces: tuple[str, ...] = ("T1w", "MNI152NLin2009aSym")
-    template_space: str | None = "MNI152NLin2009aSym"
+    output_spaces: tuple[str, ...] = choices.DEFAULT_SPACES
+    template_space: str | None = sp.BUILTIN_TEMPLATE
     template: Path | None = None
     template_mask: Path | None = None
-    dof: int = 12
-    dof_coreg: int = 6
+    dof: int = choices.DEFAULT_DOF
+    dof_coreg: int = choices.DEFAULT_DOF_COREG
     metric: str = "auto"
     resample_bold: bool = False
     reports_only: bool = False

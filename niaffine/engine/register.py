@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from .. import choices
 from ..devices import resolve_device  # the one resolver, re-exported: engine.resolve_device
 from ..errors import DeviceMemoryError, InputError
 from ..presets import preset_options
@@ -45,7 +46,7 @@ FOREGROUND = 0.05
 #: Loss added per unit of overlap lost beyond half of a level's starting overlap.
 OVERLAP_PENALTY = 4.0
 #: Values of ``sampling``: where the metric samples the fixed image without a fixed mask.
-SAMPLING_REGIONS = ("foreground", "image")
+SAMPLING_REGIONS = choices.SAMPLING_REGIONS
 
 
 def register(fixed, moving, *, fixed_mask=None, moving_mask=None, initial_matrix=None,

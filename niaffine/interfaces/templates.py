@@ -24,6 +24,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from niaffine import choices
 from niaffine import spaces as sp
 
 from .brainmask import mask_from_stripped
@@ -31,19 +32,8 @@ from .common import derived_name, load_image, node_errors
 
 LOGGER = logging.getLogger("niaffine.interfaces.templates")
 
-#: Template names niaffine can provide without a file (from installed packages).
-KNOWN_TEMPLATES = (sp.BUILTIN_TEMPLATE,)
-
-
-def is_template_name(value: str) -> bool:
-    """Whether ``value`` names a template niaffine ships (rather than a file).
-
-    Examples
-    --------
-    >>> is_template_name("MNI152NLin2009aSym"), is_template_name("/data/tpl.nii.gz")
-    (True, False)
-    """
-    return str(value) in KNOWN_TEMPLATES
+#: Kept for :mod:`niaffine.workflows.base` until it imports :mod:`niaffine.choices`.
+KNOWN_TEMPLATES = choices.BUILTIN_TEMPLATES
 
 
 def _save(data: np.ndarray, img: nb.Nifti1Image, path: str, dtype=None) -> str:

@@ -8,13 +8,14 @@ import os
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from niaffine import choices
 from niaffine import spaces as sp
 from niaffine.interfaces.registration import AffineRegistration
 from niaffine.interfaces.reports import RegistrationReport
-from niaffine.interfaces.resampling import ApplyAffine
 from niaffine.interfaces.templates import TemplateSource
 
-from .common import compute_settings
+from .common import registration_node
+from .resample import resampling_node
 
 
 def _as_space(template, template_mask, space) -> sp.Space | None:
@@ -57,10 +58,8 @@ def _registration_node(interface, *, dof, metric, seed, device, omp_nthreads, me
     outline of the brain is the feature two anatomies share best, and masks would take the
     background (hence the outline) out of the metric (see :mod:`niaffine.presets`).
     """
-    settings = compute_settings(device, omp_nthreads)
-    return pe.Node(interface(dof=dof, metric=metric, random_seed=seed, preset="template",
-                             **settings["inputs"]),
-                   name="registration", n_procs=settings["n_procs"], mem_gb=mem_gb)
+    return registration_node(interface, dof=dof, metric=metric, seed=seed, device=device,
+                             omp_nthreads=omp_nthreads, mem_gb=mem_gb, preset="template")
 
 
 #: Inputs of ``init_template_wf(precomputed=True)``: a registration done elsewhere.
@@ -69,10 +68,10 @@ PRECOMPUTED_FIELDS = ("t1w2template_xfm", "template2t1w_xfm", "t1w_template", "r
 
 def init_template_wf(
     *,
-    template: str = "MNI152NLin2009aSym",
+    template: str = sp.BUILTIN_TEMPLATE,
     template_mask: str | None = None,
     space: sp.Space | str | None = None,
-    dof: int = 12,
+    dof: int = choices.DEFAULT_DOF,
     metric: str = "auto",
     device: str = "cpu",
     seed: int = 0,
@@ -100,11 +99,11 @@ def init_template_wf(
         The template space (from :func:`niaffine.spaces.parse_spaces`, or one
         ``--output-spaces`` entry); replaces ``template`` (and, for a file space, brings
         its own mask).
-    dof : {3, 6, 7, 9, 12}
-        Degrees of freedom.
+    dof : int
+        Degrees of freedom, one of :data:`niaffine.choices.DOFS`.
     metric : str
-        ``auto`` (the engine's ``template`` preset: normalised mutual information), ``mi``,
-        ``nmi``, ``cr``, ``ncc``, ``lncc`` or ``mse``.
+        One of :data:`niaffine.choices.METRIC_CHOICES` (``auto``: the engine's ``template``
+        preset, normalised mutual information).
     device : str
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto``; a CUDA node is marked for nipype's GPU slots.
     seed : int
@@ -142,7 +141,7 @@ def init_template_wf(
     template_mask
         Template brain mask on the output grid.
     out_report
-        SVG reportlet.
+        SVG reportlet: the T1w brain in template space over the template.
     run_facts
         JSON file of run facts.
 
@@ -215,9 +214,8 @@ def _connect_t1w_template(workflow, space, warped, warped_field, xfm, xfm_field,
     if not _needs_grid(space):
         workflow.connect(warped, warped_field, outputnode, "t1w_template")
         return
-    to_grid = pe.Node(ApplyAffine(interpolation="Linear", num_threads=omp_nthreads,
-                                  out_postfix="_space-template"),
-                      name="to_grid", n_procs=omp_nthreads, mem_gb=1.0)
+    to_grid = resampling_node("to_grid", out_postfix="_space-template",
+                              omp_nthreads=omp_nthreads)
     workflow.connect([
         (workflow.get_node("inputnode"), to_grid, [("t1w_brain", "input_image")]),
         (template_source, to_grid, [("grid_file", "reference_image")]),
@@ -234,10 +232,10 @@ BATCH_FIELDS = ("moving_images", "composite_transforms", "inverse_composite_tran
 def init_batch_template_wf(
     *,
     n_subjects: int,
-    template: str = "MNI152NLin2009aSym",
+    template: str = sp.BUILTIN_TEMPLATE,
     template_mask: str | None = None,
     space: sp.Space | str | None = None,
-    dof: int = 12,
+    dof: int = choices.DEFAULT_DOF,
     metric: str = "auto",
     device: str = "cpu",
     seed: int = 0,
