@@ -15,13 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from . import __version__, choices
+from .devices import device_argument
 from .errors import DeviceUnavailableError, InputError, RegistrationError
-from .presets import PRESETS
-from .service import INIT_MODES
 
 EXIT_USAGE, EXIT_DATA, EXIT_UNAVAILABLE, EXIT_SOFTWARE, EXIT_CANTCREAT = 2, 65, 69, 70, 73
-METRIC_CHOICES = ("auto", "mi", "nmi", "cr", "ncc", "lncc", "mse")
+#: ``--metric`` values (:data:`niaffine.choices.METRIC_CHOICES`).
+METRIC_CHOICES = choices.METRIC_CHOICES
 #: ``--rotation-search`` words and the engine's ``rotation_search`` values.
 SEARCH_MODES = {"auto": "auto", "always": True, "never": False}
 LOGGER = logging.getLogger("niaffine.register")
@@ -44,6 +44,48 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_mm(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of mm: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 mm or more, got {text}")
+    return value
+
+
+def add_run_options(parser: argparse.ArgumentParser, *, threads_help: str) -> None:
+    """Add the options every niaffine command line shares: device, threads, seed, verbosity.
+
+    ``--device`` (checked by :func:`niaffine.devices.device_argument`: a typo exits 2),
+    ``--threads``, ``--seed``, ``-v/--verbose``, ``-q/--quiet`` and ``--version``, as
+    ``niaffine-register`` and ``niaffine-realign`` spell them.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The parser the options are added to.
+    threads_help : str
+        Help of ``--threads`` (what the program does with the threads, and its default).
+
+    Examples
+    --------
+    >>> parser = argparse.ArgumentParser()
+    >>> add_run_options(parser, threads_help="CPU threads")
+    >>> args = parser.parse_args(["-vv", "--seed", "3"])
+    >>> args.verbose, args.seed, args.threads, args.quiet, args.device
+    (2, 3, None, False, 'auto')
+    """
+    parser.add_argument("--device", type=device_argument, default="auto",
+                        help=f"{', '.join(choices.DEVICE_CHOICES)} [default: auto]")
+    parser.add_argument("--threads", type=_positive_int, help=threads_help)
+    parser.add_argument("--seed", type=int, default=0, help="random seed [default: 0]")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    parser.add_argument("--version", action="version", version=f"niaffine {__version__}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser (pure: no side effects)."""
     parser = argparse.ArgumentParser(
@@ -64,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("moving", type=Path, help="moving image, NIfTI, registered onto FIXED")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="output transform: ITK text (.txt/.tfm), FSL (.mat) or LTA (.lta)")
-    parser.add_argument("--dof", type=int, default=12, choices=(2, 3, 4, 6, 7, 9, 12),
+    parser.add_argument("--dof", type=int, default=choices.DEFAULT_DOF, choices=choices.ALL_DOFS,
                         help="degrees of freedom: 3 translation, 6 rigid, 7 +isotropic scale, "
                              "9 +scales, 12 full affine (2D images: 2, 3, 4, 6) [default: 12]")
     parser.add_argument("--metric", default="auto", choices=METRIC_CHOICES,
@@ -78,25 +120,35 @@ def build_parser() -> argparse.ArgumentParser:
                         help="initialisation: com (centres of mass), geometric (image centres), "
                              "identity, or a transform file (ITK/FSL/LTA) [default: com]")
     parser.add_argument("--rotation-search", nargs="?", const="always", default="auto",
-                        choices=("auto", "always", "never"),
+                        choices=tuple(SEARCH_MODES),
                         help="search rotations at the coarsest level: auto (only when a turn "
                              "of 45/90 degrees beats the coarse answer, i.e. for badly "
                              "misaligned images), always (the bare flag), never [default: auto]")
     parser.add_argument("--freeze", nargs="+", default=(), metavar="GROUP",
-                        choices=("translation", "rotation", "zoom", "shear"),
+                        choices=choices.PARAMETER_GROUPS,
                         help="parameter groups held at their initial value")
     parser.add_argument("--levels", type=_levels, default=None,
                         help="pyramid spacings in mm, coarse to fine [default: the preset's, "
                              "'8 4 2 1']")
     parser.add_argument("--samples", type=_positive_int, default=None,
                         help="metric sample points per level [default: the preset's, 100000]")
-    parser.add_argument("--preset", choices=tuple(PRESETS), default="default",
+    parser.add_argument("--sampling", choices=choices.SAMPLING_REGIONS, default=None,
+                        help="where the metric samples FIXED without --fixed-mask: foreground "
+                             "(the fixed foreground) or image (its whole grid, background "
+                             "included, as ANTs) [default: the preset's, foreground; image "
+                             "for --preset template]")
+    parser.add_argument("--edge-mm", type=_non_negative_mm, default=None, metavar="MM",
+                        help="band at the edge of the fixed mask or foreground left out of "
+                             "the metric at the fine levels, 0 for none [default: the "
+                             "preset's, 3; 0 for --preset template and head]")
+    parser.add_argument("--preset", choices=choices.PRESET_NAMES, default="default",
                         help="engine settings for the job: default (one anatomy seen twice, "
                              "e.g. T2w or BOLD to T1w), template (a subject's brain to a "
-                             "template brain), fast (no 1 mm level, fewer samples); options "
-                             "given explicitly win [default: default]")
+                             "template brain), head (whole heads, no edge band), fast (no 1 mm "
+                             "level, fewer samples); options given explicitly win "
+                             "[default: default]")
     parser.add_argument("--out-image", type=Path, help="MOVING resampled into FIXED space")
-    parser.add_argument("--interpolation", choices=("linear", "nearest", "cubic"), default="linear",
+    parser.add_argument("--interpolation", choices=tuple(choices.INTERPOLATIONS), default="linear",
                         help="interpolation for --out-image [default: linear]")
     parser.add_argument("--out-inverse", type=Path, help="inverse transform (moving to fixed)")
     parser.add_argument("--out-fsl", type=Path, help="also write the transform as FSL .mat")
@@ -104,16 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-json", type=Path,
                         help="run facts (JSON; fields: niaffine.runfacts.RunFacts): matrix, parameters, "
                              "metric, iterations and time per level, versions")
-    parser.add_argument("--device", default="auto",
-                        help="auto, cpu, cuda or cuda:N [default: auto]")
-    parser.add_argument("--threads", type=_positive_int,
-                        help="CPU threads [default: the CPUs this process may use, from its "
-                             "CPU affinity and cgroup quota]")
-    parser.add_argument("--seed", type=int, default=0, help="random seed [default: 0]")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more log output (-vv for debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    parser.add_argument("--version", action="version", version=f"niaffine {__version__}")
+    add_run_options(parser, threads_help="CPU threads [default: the CPUs this process may use, "
+                                         "from its CPU affinity and cgroup quota]")
     return parser
 
 
@@ -157,19 +201,19 @@ def run(args: argparse.Namespace) -> int:
     threads.configure(args.threads)  # before torch loads: OpenMP reads its wait policy once
     from .service import OutputPaths, RegistrationOptions, register_files
 
-    from_file = args.init not in INIT_MODES
+    from_file = args.init not in choices.INITS
     options = RegistrationOptions(
         dof=args.dof, metric=args.metric, init="com" if from_file else args.init,
         initial_transforms=(str(args.init),) if from_file else (),
         rotation_search=SEARCH_MODES[args.rotation_search], levels_mm=args.levels,
-        max_samples=args.samples, frozen=tuple(args.freeze), preset=args.preset,
-        device=args.device, seed=args.seed)
+        max_samples=args.samples, sampling=args.sampling, edge_mm=args.edge_mm,
+        frozen=tuple(args.freeze), preset=args.preset, device=args.device, seed=args.seed)
     outputs = OutputPaths(
         transform=args.output, inverse_transform=args.out_inverse, warped_image=args.out_image,
         run_facts=args.out_json,
         also=tuple((path, fmt) for path, fmt in ((args.out_fsl, "fsl"), (args.out_lta, "lta"))
                    if path is not None),
-        order={"nearest": 0, "linear": 1, "cubic": 3}[args.interpolation])
+        order=choices.INTERPOLATIONS[args.interpolation])
     if not args.quiet:
         print(f"niaffine {__version__}: {args.moving} -> {args.fixed} (dof {args.dof}, "
               f"metric {args.metric})", file=sys.stderr)

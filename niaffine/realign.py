@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 
 from . import __version__, choices
-from .cli import _levels, _positive_int, run_reporting_failures
-from .devices import device_argument
+from .cli import _levels, _positive_int, add_run_options, run_reporting_failures
 from .errors import InputError
 from .series_io import PE_CODES
 
@@ -100,14 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="metric sample points per volume and level [default: 15000]")
     parser.add_argument("--volumes-per-call", type=_positive_int,
                         help="volumes per engine call [default: as a memory budget allows]")
-    parser.add_argument("--device", type=device_argument, default="auto",
-                        help=f"{', '.join(choices.DEVICE_CHOICES)} [default: auto]")
-    parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch")
-    parser.add_argument("--seed", type=int, default=0, help="random seed [default: 0]")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more log output (-vv for debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    parser.add_argument("--version", action="version", version=f"niaffine {__version__}")
+    add_run_options(parser, threads_help="CPU threads for torch")
     return parser
 
 

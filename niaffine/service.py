@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from niaffine.choices import INITS
 from niaffine.errors import InputError
 from niaffine.runfacts import RunFacts, mask_volume_ml
 
@@ -32,7 +33,7 @@ __all__ = ["INIT_MODES", "OutputPaths", "RegistrationOptions", "RunFacts", "init
 LOGGER = logging.getLogger("niaffine.service")
 
 #: Initialisations the engine knows (anything else is a transform file).
-INIT_MODES = ("com", "geometric", "identity")
+INIT_MODES = INITS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,12 @@ class RegistrationOptions:
         Pyramid spacings (the preset's when ``None``).
     max_samples : int or None
         Metric sample points per level (the preset's when ``None``).
+    sampling : {"foreground", "image"} or None
+        Where the metric samples the fixed image without a fixed mask (the preset's when
+        ``None``; see :func:`niaffine.engine.register`).
+    edge_mm : float or None
+        Band at the edge of the fixed sampling region left out of the metric at the fine
+        levels (the preset's when ``None``).
     frozen : tuple of str
         Parameter groups held at their initial value.
     preset : str
@@ -76,6 +83,8 @@ class RegistrationOptions:
     rotation_search: bool | str = "auto"
     levels_mm: tuple[float, ...] | None = None
     max_samples: int | None = None
+    sampling: str | None = None
+    edge_mm: float | None = None
     frozen: tuple[str, ...] = ()
     preset: str = "default"
     device: str = "cpu"
@@ -91,7 +100,8 @@ class RegistrationOptions:
         """Keyword arguments of :func:`niaffine.engine.register` (without images, masks)."""
         given = {"metric": None if self.metric == "auto" else self.metric,
                  "levels_mm": None if not self.levels_mm else tuple(map(float, self.levels_mm)),
-                 "max_samples": self.max_samples}
+                 "max_samples": self.max_samples, "sampling": self.sampling,
+                 "edge_mm": None if self.edge_mm is None else float(self.edge_mm)}
         return {"dof": int(self.dof), "init": self.init, "preset": self.preset,
                 "rotation_search": self.rotation_search, "frozen": tuple(self.frozen),
                 "device": self.device, "seed": int(self.seed),

@@ -60,22 +60,35 @@ def test_the_bids_app_offers_the_choices():
 
 
 def test_the_command_lines_offer_the_choices():
-    """Sets, not order: ``niaffine-register`` still spells its own (see docs/architecture.md)."""
     from niaffine import cli, realign
+    from niaffine.devices import device_argument
 
     register, series = cli.build_parser(), realign.build_parser()
-    assert set(_choices(register, "--metric")) == set(choices.METRIC_CHOICES)
-    assert set(_choices(register, "--dof")) == set(choices.ALL_DOFS)
-    assert set(_choices(register, "--freeze")) == set(choices.PARAMETER_GROUPS)
-    assert set(_choices(register, "--interpolation")) == set(choices.INTERPOLATIONS)
-    assert set(_choices(register, "--preset")) == set(choices.PRESET_NAMES)
+    assert _choices(register, "--metric") == choices.METRIC_CHOICES
+    assert cli.METRIC_CHOICES is choices.METRIC_CHOICES
+    assert _choices(register, "--dof") == choices.ALL_DOFS
+    assert _choices(register, "--freeze") == choices.PARAMETER_GROUPS
+    assert _choices(register, "--interpolation") == tuple(choices.INTERPOLATIONS)
+    assert _choices(register, "--preset") == choices.PRESET_NAMES
+    assert _choices(register, "--sampling") == choices.SAMPLING_REGIONS
     assert _choices(series, "--metric") == choices.SERIES_METRIC_CHOICES
     assert _choices(series, "--dof") == choices.DOFS
     assert set(_choices(series, "--interpolation")) <= set(choices.INTERPOLATIONS)
+    for parser in (register, series):
+        assert parser._option_string_actions["--device"].type is device_argument  # noqa: SLF001
+    defaults = register.parse_args(["f.nii", "m.nii", "-o", "x.txt"])
+    assert (defaults.dof, defaults.init) == (choices.DEFAULT_DOF, "com")
+    assert defaults.init in choices.INITS
 
 
 def _values(spec, name):
-    return set(spec.class_traits()[name].handler.values) - {None}
+    return set(_enum(spec, name).values) - {None}
+
+
+def _enum(spec, name):
+    """The ``traits.Enum`` of input ``name`` (the first of a ``traits.Either``)."""
+    handler = spec.class_traits()[name].handler
+    return handler.handlers[0] if getattr(handler, "handlers", None) else handler
 
 
 def test_the_interfaces_traits_offer_the_choices():
@@ -94,6 +107,26 @@ def test_the_interfaces_traits_offer_the_choices():
     assert _values(realignment, "metric") == set(choices.SERIES_METRIC_CHOICES)
     assert _values(series.ApplySeriesTransforms.input_spec, "interpolation") == set(
         choices.ANTS_INTERPOLATIONS)
+
+
+def test_affine_registration_offers_the_choices():
+    """The ANTs drop-in's own values (besides ANTs' spellings) and defaults are the choices'."""
+    from niaffine.interfaces.batch import BatchAffineRegistration
+    from niaffine.interfaces.registration import AffineRegistration
+
+    for interface in (AffineRegistration, BatchAffineRegistration):
+        spec = interface.input_spec
+        assert tuple(_enum(spec, "dof").values) == choices.with_default(
+            choices.DEFAULT_DOF, choices.DOFS)
+        assert tuple(_enum(spec, "metric").values) == choices.METRIC_CHOICES
+        assert tuple(_enum(spec, "preset").values) == choices.PRESET_NAMES
+        assert _values(spec, "initial_moving_transform_com") == set(choices.ANTS_INIT_CODES)
+        inputs = interface().inputs
+        assert (inputs.dof, inputs.metric, inputs.preset) == (choices.DEFAULT_DOF, "auto",
+                                                              "default")
+        assert choices.ANTS_INIT_CODES[inputs.initial_moving_transform_com] == "com"
+        assert (inputs.device, inputs.use_gpu) == ("cpu", False)
+        assert ", ".join(choices.DEVICE_CHOICES) in spec.class_traits()["device"].desc
 
 
 def test_with_default_refuses_a_default_outside_the_set():

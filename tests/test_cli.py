@@ -52,7 +52,9 @@ def _one_thread():
 @pytest.mark.parametrize("bad", [
     ["--dof", "5"], ["--dof", "six"], ["--metric", "foo"], ["--interpolation", "sinc"],
     ["--freeze", "skew"], ["--levels", "8 x 2"], ["--levels", "4 -2"], ["--samples", "0"],
-    ["--threads", "-1"], ["--seed", "1.5"], ["--bogus"],
+    ["--threads", "-1"], ["--seed", "1.5"], ["--bogus"], ["--device", "gpu"],
+    ["--device", "mps"], ["--device", "cuda1"], ["--sampling", "brain"], ["--edge-mm", "-1"],
+    ["--edge-mm", "wide"], ["--preset", "slow"],
 ])
 def test_parser_rejects_bad_values(bad, capsys):
     with pytest.raises(SystemExit) as err:
@@ -80,6 +82,31 @@ def test_parser_defaults_and_values():
                                       "--freeze", "zoom", "shear", "--metric", "ncc"])
     assert args.dof == 7 and args.levels == (6.0, 3.0) and args.freeze == ["zoom", "shear"]
     assert args.fixed == Path("f.nii") and args.metric == "ncc"
+
+
+class _Stop(Exception):
+    """Raised by a stand-in ``register_files`` with the options it was given."""
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    ([], {}),
+    (["--sampling", "image", "--edge-mm", "0"], {"sampling": "image", "edge_mm": 0.0}),
+    (["--edge-mm", "1.5", "--preset", "template"], {"edge_mm": 1.5}),
+])
+def test_sampling_and_edge_reach_the_engine(argv, expected, monkeypatch, tmp_path):
+    """``--sampling`` and ``--edge-mm`` are the engine's options; left out, the preset's."""
+    from niaffine import cli, service
+
+    def stand_in(*_, options, **__):
+        raise _Stop(options)
+
+    monkeypatch.setattr(service, "register_files", stand_in)
+    args = build_parser().parse_args(["f.nii", "m.nii", "-o", str(tmp_path / "x.txt"), "-q",
+                                      "--interpolation", "cubic", *argv])
+    with pytest.raises(_Stop) as stop:
+        cli.run(args)
+    engine = stop.value.args[0].engine_options()
+    assert {k: engine[k] for k in ("sampling", "edge_mm") if k in engine} == expected
 
 
 def test_documented_2d_dofs_are_accepted():
@@ -254,11 +281,13 @@ def test_cuda_without_a_gpu_exits_69(files, capsys, tmp_path):
 
 
 def test_unknown_device_is_a_clean_error(files, capsys, tmp_path):
-    """Known bug: ``--device gpu`` reaches ``torch.device`` and escapes as a RuntimeError
-    traceback instead of a one-line message and a documented exit code."""
-    code, _, stderr = _run(capsys, [files["fixed"], files["moving"], "-o", tmp_path / "x.txt",
-                                    "--device", "gpu", *FAST])
-    assert code in (2, 65, 69) and "gpu" in stderr
+    """A device typo is a command-line error (exit 2), as in ``niaffine-realign``."""
+    with pytest.raises(SystemExit) as err:
+        main([str(files["fixed"]), str(files["moving"]), "-o", str(tmp_path / "x.txt"),
+              "--device", "gpu", *FAST])
+    stderr = capsys.readouterr().err
+    assert err.value.code == 2 and "did you mean cuda?" in stderr
+    assert not (tmp_path / "x.txt").exists()
 
 
 def test_unwritable_output_exits_73_and_removes_what_it_wrote(files, capsys, tmp_path):

@@ -225,7 +225,9 @@ def test_boutiques_inputs_are_the_parser_options(descriptor):
         assert bool(item.get("list")) == (action.nargs in ("+", "*")), where
         assert (item["type"] == "Flag") == (action.nargs == 0), where
         if item["type"] == "Number":
-            assert action.type in (int, parser_mod._positive_int), where  # noqa: SLF001
+            numbers = ((int, parser_mod._positive_int) if item.get("integer")  # noqa: SLF001
+                       else (float, parser_mod._seconds))  # noqa: SLF001
+            assert action.type in numbers, where
         if action.choices and action.dest != "analysis_level":
             assert list(map(str, item["value-choices"])) == list(map(str, action.choices)), where
         if "default-value" in item:

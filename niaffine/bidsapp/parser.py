@@ -100,6 +100,23 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _seconds(value: str) -> float:
+    """A positive number of seconds (``--progress-interval``).
+
+    Examples
+    --------
+    >>> _seconds("30"), _seconds("0.5")
+    (30.0, 0.5)
+    """
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value}")
+    return number
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """Show ``(default: X)`` once, only where a help text does not say it and X means
     something (not ``None``, ``False`` or an empty list)."""
@@ -364,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--random-seed", dest="random_seed", type=int, default=0,
         help="seed of every random choice (sampling), for reproducible results",
+    )
+    run.add_argument(
+        "--progress-interval", dest="progress_interval", type=_seconds, default=None,
+        metavar="SECONDS",
+        help="seconds between progress lines in the log when stderr is not a terminal "
+        "(default: $NIAFFINE_PROGRESS_INTERVAL, else 30; this option wins over it)",
     )
     run.add_argument(
         "--notrack", dest="notrack", action="store_true",

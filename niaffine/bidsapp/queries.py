@@ -18,15 +18,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+from niaffine import choices
 from niaffine.bidsapp import errors
 
 LOGGER = logging.getLogger("niaffine.bidsapp")
-DATATYPES = {"T2w": "anat", "FLAIR": "anat", "PDw": "anat", "bold": "func", "dwi": "dwi"}
+#: BIDS data type (folder) of each modality coregistered to the T1w
+#: (:data:`niaffine.choices.DATATYPES`).
+DATATYPES = {m: choices.DATATYPES[m] for m in choices.MODALITIES}
 NIFTI = [".nii", ".nii.gz"]
 #: Keys of ``--bids-filter-file``: the data types niaffine queries.
 FILTER_KEYS = ("t1w", "t2w", "flair", "pdw", "bold", "dwi")
 #: Dimensions each image type may have (trailing singleton dimensions ignored).
-NDIM = {"T1w": (3,), "T2w": (3,), "FLAIR": (3,), "PDw": (3,), "bold": (3, 4), "dwi": (3, 4)}
+NDIM = {suffix: (3, 4) if suffix in choices.SERIES_MODALITIES else (3,)
+        for suffix in choices.DATATYPES}
 #: Folders never indexed: they are not raw data.
 IGNORE = ("code", "derivatives", "sourcedata", "stimuli", "models")
 

@@ -23,6 +23,7 @@ from niaffine.bidsapp import crashes as crashes_mod
 from niaffine.bidsapp import derivatives as drv
 from niaffine.bidsapp import errors, guards
 from niaffine.bidsapp.parser import build_parser
+from niaffine.bidsapp.plugin import LOCAL_PLUGINS
 from niaffine.bidsapp.progress import SUBJECT, RunProgress, StatusLine
 from niaffine.bidsapp.settings import Settings, from_args, make_dirs
 
@@ -230,7 +231,7 @@ def _run_workflow(settings: Settings, tree: drv.OutputTree, usable, chosen, prog
 
     plugin, plugin_args = chosen
     workflow = init_niaffine_wf(settings, usable)
-    if plugin in ("MultiProc", "LegacyMultiProc", "Linear"):
+    if plugin in LOCAL_PLUGINS:
         # nipype waits this long between scheduling rounds (default 2 s): on a cached
         # rerun every level of the graph costs one round, so keep it short locally.
         workflow.config["execution"]["poll_sleep_duration"] = 0.2
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                 return run_group(settings)
             return run_participant(
                 settings, status_line=status_line,
-                progress_interval_s=getattr(settings, "progress_interval_s", None))
+                progress_interval_s=settings.progress_interval_s)
     except errors.BidsAppError as exc:
         return _fail(str(exc), exc.code)
     except KeyboardInterrupt:

@@ -43,8 +43,10 @@ class Settings:
     template space: ``output_spaces`` is ``("T1w", <its name>)``, ``template_space`` its name
     (``None`` when only T1w space is requested), ``template`` a path for a user template or
     a TemplateFlow template (the image on the space's output grid, ``template_mask`` its
-    brain mask), ``None`` for the built-in MNI152NLin2009aSym. ``ignored_options`` are the
-    fMRIPrep options accepted without effect.
+    brain mask), ``None`` for the built-in MNI152NLin2009aSym. ``progress_interval_s`` is
+    ``--progress-interval`` (``None``: ``$NIAFFINE_PROGRESS_INTERVAL``, else 30 s; see
+    :mod:`niaffine.bidsapp.progress`). ``ignored_options`` are the fMRIPrep options accepted
+    without effect.
     """
 
     bids_dir: Path
@@ -78,6 +80,7 @@ class Settings:
     use_plugin: Path | None = None
     stop_on_first_crash: bool = False
     random_seed: int = 0
+    progress_interval_s: float | None = None
     ignored_options: tuple[str, ...] = ()
     verbose: int = 0
     run_uuid: str = ""
@@ -384,6 +387,7 @@ def from_args(args, *, check_device: bool = True) -> Settings:
         use_plugin=Path(args.use_plugin).resolve() if args.use_plugin else None,
         stop_on_first_crash=bool(args.stop_on_first_crash),
         random_seed=args.random_seed,
+        progress_interval_s=args.progress_interval,
         ignored_options=ignored,
         verbose=args.verbose,
         run_uuid=f"{stamp}_{uuid.uuid4().hex[:8]}",

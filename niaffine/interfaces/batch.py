@@ -29,6 +29,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from niaffine.choices import DEFAULT_DOF
 from niaffine.errors import DeviceMemoryError, InputError, RegistrationError
 
 from .common import NodeError, load_image, node_errors, resolve_device, torch_threads
@@ -112,7 +113,7 @@ def register_files_batch(
     *,
     fixed_image_mask: str | None = None,
     moving_image_masks: list[str] | None = None,
-    dof: int = 12,
+    dof: int = DEFAULT_DOF,
     metric: str = "auto",
     init: str = "com",
     preset: str = "default",

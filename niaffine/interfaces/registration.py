@@ -24,17 +24,25 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from niaffine.presets import PRESETS
+from niaffine.choices import (
+    ANTS_INIT_CODES,
+    DEFAULT_DOF,
+    DOFS,
+    METRIC_CHOICES,
+    PRESET_NAMES,
+    with_default,
+)
 
 from . import antscompat
-from .common import node_errors, resolve_device
+from .common import device_trait, node_errors, resolve_device, use_gpu_trait
 
 LOGGER = logging.getLogger("niaffine.interfaces.registration")
 
-#: ANTs' ``initial_moving_transform_com`` codes and the engine's ``init`` names.
-INIT_FROM_ANTS = {0: "geometric", 1: "com", 2: "identity"}
-#: Engine metric names (``auto``: the preset's).
-METRICS = ("auto", "mi", "nmi", "cr", "ncc", "lncc", "mse")
+#: ANTs' ``initial_moving_transform_com`` codes and the engine's ``init`` names
+#: (:data:`niaffine.choices.ANTS_INIT_CODES`).
+INIT_FROM_ANTS = ANTS_INIT_CODES
+#: ``initial_moving_transform_com`` of ANTs' ``Registration``: 1, centres of mass.
+DEFAULT_INIT_CODE = 1
 _MULTI = ("multi-metric ANTs registration (several image pairs) has no meaning in "
           "AffineRegistration: give one image (niaffine.engine.register takes channel lists)")
 _ANTS_METRICS = traits.Enum(*antscompat.METRIC_OF_ANTS, *antscompat.UNMAPPED_METRICS)
@@ -45,26 +53,26 @@ class EngineInputSpec(BaseInterfaceInputSpec):
 
     fixed_image = File(exists=True, mandatory=True, desc="image the moving image is aligned to")
     fixed_image_mask = File(exists=True, desc="mask on the fixed grid: metric evaluated inside")
-    dof = traits.Enum(12, 9, 7, 6, 3, usedefault=True, desc="degrees of freedom")
+    dof = traits.Enum(*with_default(DEFAULT_DOF, DOFS), usedefault=True,
+                      desc="degrees of freedom")
     metric = traits.Enum(
-        *METRICS, usedefault=True,
+        *METRIC_CHOICES, usedefault=True,
         desc="similarity metric (auto: the preset's, mutual information by default)",
     )
     preset = traits.Enum(
-        *PRESETS, usedefault=True,
-        desc="engine preset: default (within subject), template (brain to template), fast",
+        *PRESET_NAMES, usedefault=True,
+        desc="engine preset: default (within subject), template (brain to template), head "
+        "(whole heads), fast",
     )
     initial_moving_transform_com = traits.Enum(
-        1, 0, 2, usedefault=True,
+        *with_default(DEFAULT_INIT_CODE, ANTS_INIT_CODES), usedefault=True,
         desc="initial alignment without a transform: 0 geometric centres, 1 centres of mass, "
         "2 identity (ANTs' codes)",
     )
     random_seed = traits.Int(0, usedefault=True, desc="random seed")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="torch CPU threads")
-    device = traits.Str("cpu", usedefault=True, desc="torch device: cpu, cuda, cuda:N or auto")
-    use_gpu = traits.Bool(
-        False, usedefault=True, desc="run on CUDA (marks the node for nipype's GPU slots)"
-    )
+    device = device_trait()
+    use_gpu = use_gpu_trait()
     output_warped_image = traits.Bool(
         True, usedefault=True, desc="write the moving image(s) resampled onto the fixed grid"
     )
@@ -94,8 +102,8 @@ class _AffineRegistrationInputSpec(EngineInputSpec):
         traits.Bool(), requires=["initial_moving_transform"],
         desc="invert the matching initial transform first")
     metric = traits.Either(
-        traits.Enum(*METRICS), traits.List(traits.Either(_ANTS_METRICS,
-                                                         traits.List(_ANTS_METRICS))),
+        traits.Enum(*METRIC_CHOICES),
+        traits.List(traits.Either(_ANTS_METRICS, traits.List(_ANTS_METRICS))),
         default="auto", usedefault=True,
         desc="similarity metric (auto: the preset's), or ANTs' per-stage list (the last "
         "stage's: MI/Mattes -> mi, GC -> ncc, CC -> lncc, MeanSquares -> mse)")
@@ -175,7 +183,8 @@ def ants_options(inputs):
                                                 "moving_image_masks"),
     }
     options = RegistrationOptions(
-        dof=antscompat.dof_of_transforms(_given(inputs.transforms) or [], inputs.dof),
+        dof=antscompat.dof_of_transforms(_given(inputs.transforms) or [], inputs.dof,
+                                         default_dof=DEFAULT_DOF),
         metric=antscompat.metric_of(inputs.metric),
         init=INIT_FROM_ANTS[inputs.initial_moving_transform_com],
         initial_transforms=tuple(_given(inputs.initial_moving_transform) or ()),

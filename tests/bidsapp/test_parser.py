@@ -44,6 +44,11 @@ def test_session_and_execution_options():
     assert args.modalities == ["T2w", "bold"]
 
 
+def test_progress_interval():
+    assert parse().progress_interval is None  # $NIAFFINE_PROGRESS_INTERVAL, else 30 s
+    assert parse("--progress-interval", "0.5").progress_interval == 0.5
+
+
 def test_filter_file(tmp_path):
     good = tmp_path / "f.json"
     good.write_text('{"t1w": {"acquisition": "mprage"}}')
@@ -60,6 +65,8 @@ def test_filter_file(tmp_path):
     ["--mem", "lots"],
     ["--nprocs", "0"],
     ["--bids-filter-file", "/does/not/exist.json"],
+    ["--progress-interval", "0"],
+    ["--progress-interval", "soon"],
 ])
 def test_syntax_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exc:

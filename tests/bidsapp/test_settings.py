@@ -143,3 +143,25 @@ def test_app_with_an_absent_template_exits_64_before_writing(tmp_path, capsys, m
     assert len(lines) == 1 and "template MNI152NLin2009cAsym at res-2 is not available" in lines[0]
     assert "tf.get('MNI152NLin2009cAsym', resolution=2" in lines[0]
     assert not out.exists() and not work.exists()
+
+
+@pytest.mark.parametrize(("argv", "seconds"), [([], 7.0), (["--progress-interval", "2"], 2.0)])
+def test_progress_interval_flag_wins_over_the_environment(bids, tmp_path, monkeypatch, argv,
+                                                          seconds):
+    """``--progress-interval`` reaches the run as ``Settings.progress_interval_s``; without
+    it, ``$NIAFFINE_PROGRESS_INTERVAL`` sets the interval."""
+    from niaffine.bidsapp import run
+    from niaffine.bidsapp.progress import INTERVAL_ENV, progress_interval
+
+    monkeypatch.setenv(INTERVAL_ENV, "7")
+    given = {}
+
+    def participant(settings, **kwargs):
+        given.update(kwargs, settings=settings)
+        return 0
+
+    monkeypatch.setattr(run, "run_participant", participant)
+    assert run.main([str(bids), str(tmp_path / "out"), "participant", "-w",
+                     str(tmp_path / "work"), "--device", "cpu", *argv]) == 0
+    assert given["progress_interval_s"] == given["settings"].progress_interval_s
+    assert progress_interval(given["progress_interval_s"]) == seconds
