@@ -72,6 +72,9 @@ def init_niaffine_wf(settings: Settings, subjects: list[dict]):
         "remove_unnecessary_outputs": False,
         "parameterize_dirs": False,
     })
+    if settings.resample_bold and settings.hmc:
+        LOGGER.warning("--resample-bold has no effect: realigned BOLD series are always "
+                       "resampled into the output spaces (it only applies with --no-hmc)")
     batched = settings.batch_size > 1 and settings.template_space is not None
     singles = []
     by_subject: dict[str, list] = {}
@@ -89,6 +92,7 @@ def init_niaffine_wf(settings: Settings, subjects: list[dict]):
             dof_coreg=settings.dof_coreg,
             metric=settings.metric,
             resample_bold=settings.resample_bold,
+            hmc=settings.hmc,
             device=settings.device,
             seed=settings.random_seed,
             omp_nthreads=settings.omp_nthreads,

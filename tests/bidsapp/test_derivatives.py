@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from niaffine.bidsapp import derivatives as drv
+from niaffine.bidsapp.names import build_name, source_entities, space_entities
 from niaffine.bidsapp.parser import build_parser
 from niaffine.bidsapp.reports import flag_rows
 from niaffine.bidsapp.settings import from_args, template_label
@@ -68,11 +69,33 @@ def test_concurrent_jobs_lose_nothing(tmp_path):
 
 
 def test_names_roundtrip():
-    ents, suffix, ext = drv.parse_name("sub-01_ses-A_acq-fast_run-2_T2w.nii.gz")
-    assert drv.build_name(drv.with_space(ents, "T1w"), suffix, ext) == \
-        "sub-01_ses-A_acq-fast_run-2_space-T1w_T2w.nii.gz"
+    ents = source_entities("sub-01_ses-A_acq-fast_run-2_T2w.nii.gz", "01", "A")
+    assert build_name(ents | space_entities("T1w") | {"desc": "preproc"}, "T2w", ".nii.gz") \
+        == "sub-01_ses-A_acq-fast_run-2_space-T1w_desc-preproc_T2w.nii.gz"
     with pytest.raises(ValueError):
         drv.parse_name("notbids.nii.gz")
+    with pytest.raises(ValueError, match="unknown BIDS entities"):
+        build_name({"sub": "01", "colour": "red"}, "T1w", ".nii.gz")
+
+
+@pytest.mark.parametrize(("space", "expected"), [
+    ("MNI152NLin2009aSym", "sub-01_task-rest_run-1_space-MNI152NLin2009aSym_desc-preproc_bold"),
+    ({"space": "MNI152NLin6Asym", "res": "2"},
+     "sub-01_task-rest_run-1_space-MNI152NLin6Asym_res-2_desc-preproc_bold"),
+    ({"space": "MNIInfant", "cohort": "1"},
+     "sub-01_task-rest_run-1_space-MNIInfant_cohort-1_desc-preproc_bold"),
+])
+def test_template_space_entities(space, expected):
+    """A template space is an entities dict (or an object with ``entities()``)."""
+    ents = source_entities("sub-01_task-rest_run-1_bold.nii.gz", "01", None)
+
+    class Space:
+        def entities(self):
+            return space_entities(space)
+
+    for given in (space, Space()):
+        name = build_name({"desc": "preproc"} | space_entities(given) | ents, "bold", ".nii.gz")
+        assert name == expected + ".nii.gz"
 
 
 def test_settings_frozen_and_toml(tmp_path):
