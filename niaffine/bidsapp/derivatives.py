@@ -30,8 +30,10 @@ LOGGER = logging.getLogger("niaffine.bidsapp")
 DATATYPE = {"T1w": "anat", "T2w": "anat", "FLAIR": "anat", "PDw": "anat", "bold": "func",
             "dwi": "dwi"}
 #: What BIDS has no name for yet: transforms, their sidecars, 3D references of series,
+#: confounds tables (not in the validator's schema), the gradient tables of derivative DWI,
 #: figures, logs, group QC. (Folders without a trailing slash: the validator needs that.)
-BIDSIGNORE = ("*_xfm.txt", "*_xfm.json", "*_boldref.*", "*_dwiref.*", "figures", "logs",
+BIDSIGNORE = ("*_xfm.txt", "*_xfm.json", "*_boldref.*", "*_dwiref.*",
+              "*_desc-confounds_timeseries.*", "*_dwi.bval", "*_dwi.bvec", "figures", "logs",
               "group", "*.html")
 _NAME = re.compile(r"^(?P<entities>.+?)_(?P<suffix>[A-Za-z0-9]+)(?P<ext>\.nii(\.gz)?|\.[a-z]+)$")
 

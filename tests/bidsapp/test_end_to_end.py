@@ -2,7 +2,9 @@
 """The real app (engine, workflows) on generated datasets, against the known ground truth.
 
 The default suite runs one tiny dataset (one 2 mm subject: T1w, T2w, a 5-volume BOLD)
-twice with the same work directory; the 3-subject demo is ``@pytest.mark.slow``.
+twice with the same work directory, with ``--no-hmc`` (the BOLD run treated as a static
+image, as before series realignment: ``test_series_app.py`` runs the default); the
+3-subject demo (series realigned) is ``@pytest.mark.slow``.
 """
 
 import importlib.util
@@ -36,7 +38,7 @@ def real_run(tiny_bids, tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
     out, work = base / "out", base / "work"
     argv = [str(tiny_bids), str(out), "participant", "-w", str(work), "--nprocs", "2",
-            "--omp-nthreads", "1", "--device", "cpu"]
+            "--omp-nthreads", "1", "--device", "cpu", "--no-hmc"]
     start = time.monotonic()
     first = main(argv)
     first_s = time.monotonic() - start
@@ -90,11 +92,21 @@ def check_subject(out, bids, key, entry):
         suffix = image["suffix"]
         folder = anat if suffix == "T2w" else anat.parent / "func"
         stem = rel.split("/")[-1].replace(f"_{suffix}.nii.gz", "")
-        xfm = _load_xfm(folder / f"{stem}_from-{suffix}_to-T1w_mode-image_xfm.txt")
+        realigned = folder / f"{stem}_from-boldref_to-T1w_mode-image_desc-coreg_xfm.txt"
+        static = folder / f"{stem}_from-{suffix}_to-T1w_mode-image_xfm.txt"
+        xfm = _load_xfm(realigned if suffix == "bold" and realigned.exists() else static)
         errors[f"{suffix}->T1w"] = _mean_error(image["to_t1w"], xfm, t1w_brain)
-        out_suffix = "boldref" if suffix == "bold" else suffix
+        if suffix == "bold":
+            names = {"T1w": f"{stem}_space-T1w_boldref", TEMPLATE: f"{stem}_space-{TEMPLATE}_boldref"}
+        else:
+            names = {"T1w": f"{stem}_desc-preproc_{suffix}",
+                     TEMPLATE: f"{stem}_space-{TEMPLATE}_desc-preproc_{suffix}"}
         for space, grid in (("T1w", t1w), (TEMPLATE, mni)):
-            img = nb.load(folder / f"{stem}_space-{space}_{out_suffix}.nii.gz")
+            img = nb.load(folder / f"{names[space]}.nii.gz")
+            if suffix == "bold" and realigned.exists():  # native resolution, space's frame
+                corner = nb.affines.apply_affine(grid.affine, [0, 0, 0])
+                assert np.allclose(img.affine[:3, 3], corner, atol=3.0)
+                continue
             assert img.shape[:3] == grid.shape[:3] and np.allclose(img.affine, grid.affine,
                                                                    atol=1e-4)
     return errors
