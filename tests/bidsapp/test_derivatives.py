@@ -155,3 +155,23 @@ def test_flags_spot_the_failed_subject():
     assert flags["collapsed"] == "implausible_scale"
     assert flags["flipped"] == "reflection"
     assert sum(f != "n/a" for f in flags.values()) == 5
+
+
+def test_motion_qc_flags(tmp_path):
+    """Mean FD > 0.5 mm or largest FD > 3 mm flags a run (group/motion_qc.tsv)."""
+    from niaffine.bidsapp.motion_qc import collect_motion, write_motion_outputs
+
+    func = tmp_path / "sub-01" / "func"
+    func.mkdir(parents=True)
+    for run, fd in (("1", [0.1, 0.2, 0.3]), ("2", [0.9, 0.8, 0.7]), ("3", [0.05] * 9 + [3.5])):
+        lines = ["framewise_displacement\ttrans_x", "n/a\t0"] + [f"{v}\t0" for v in fd]
+        (func / f"sub-01_task-rest_run-{run}_desc-confounds_timeseries.tsv").write_text(
+            "\n".join(lines) + "\n")
+    rows = collect_motion(tmp_path)
+    assert [r["flags"] for r in rows] == ["n/a", "high_mean_fd", "high_max_fd"]
+    assert rows[0]["run"] == "task-rest_run-1" and rows[0]["volumes"] == 4
+    assert abs(rows[1]["mean_fd"] - 0.8) < 1e-9 and rows[2]["max_fd"] == 3.5
+    html = "".join(write_motion_outputs(drv.OutputTree(tmp_path, tmp_path / "bids")))
+    assert "2 flagged" in html
+    table = (tmp_path / "group" / "motion_qc.tsv").read_text().splitlines()
+    assert len(table) == 4 and "\t0.8\t" in table[2]

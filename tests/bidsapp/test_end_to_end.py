@@ -90,20 +90,28 @@ def check_subject(out, bids, key, entry):
     t1w_brain = nb.load(bids / entry["brain_mask"])
     for rel, image in entry["images"].items():
         suffix = image["suffix"]
-        folder = anat if suffix == "T2w" else anat.parent / "func"
+        folder = anat.parent / {"T2w": "anat", "bold": "func", "dwi": "dwi"}[suffix]
         stem = rel.split("/")[-1].replace(f"_{suffix}.nii.gz", "")
-        realigned = folder / f"{stem}_from-boldref_to-T1w_mode-image_desc-coreg_xfm.txt"
-        static = folder / f"{stem}_from-{suffix}_to-T1w_mode-image_xfm.txt"
-        xfm = _load_xfm(realigned if suffix == "bold" and realigned.exists() else static)
-        errors[f"{suffix}->T1w"] = _mean_error(image["to_t1w"], xfm, t1w_brain)
-        if suffix == "bold":
-            names = {"T1w": f"{stem}_space-T1w_boldref", TEMPLATE: f"{stem}_space-{TEMPLATE}_boldref"}
+        realigned = folder / f"{stem}_from-{suffix}ref_to-T1w_mode-image_desc-coreg_xfm.txt"
+        if realigned.exists():  # a realigned series: volume 0 is hmc[0] @ coreg
+            from niaffine.series_io import load_transform_array
+
+            hmc = folder / f"{stem}_from-orig_to-{suffix}ref_mode-image_desc-hmc_xfm.txt"
+            xfm = load_transform_array(hmc)[0] @ _load_xfm(realigned)
         else:
-            names = {"T1w": f"{stem}_desc-preproc_{suffix}",
-                     TEMPLATE: f"{stem}_space-{TEMPLATE}_desc-preproc_{suffix}"}
+            xfm = _load_xfm(folder / f"{stem}_from-{suffix}_to-T1w_mode-image_xfm.txt")
+        errors[f"{suffix}->T1w"] = _mean_error(image["to_t1w"], xfm, t1w_brain)
+        if suffix == "T2w":
+            names = {"T1w": f"{stem}_desc-preproc_T2w",
+                     TEMPLATE: f"{stem}_space-{TEMPLATE}_desc-preproc_T2w"}
+        else:
+            names = {space: f"{stem}_space-{space}_{suffix}ref" for space in ("T1w", TEMPLATE)
+                     if space == "T1w" or suffix == "bold" or not realigned.exists()}
         for space, grid in (("T1w", t1w), (TEMPLATE, mni)):
+            if space not in names:
+                continue
             img = nb.load(folder / f"{names[space]}.nii.gz")
-            if suffix == "bold" and realigned.exists():  # native resolution, space's frame
+            if realigned.exists():  # native resolution on the space's field of view
                 corner = nb.affines.apply_affine(grid.affine, [0, 0, 0])
                 assert np.allclose(img.affine[:3, 3], corner, atol=3.0)
                 continue
@@ -157,7 +165,7 @@ def test_full_demo(tmp_path):
         errors = check_subject(out, bids, key, entry)
         assert max(errors.values()) < MAX_MEAN_ERROR_MM, (key, errors)
     rows = (out / "group" / "registration_qc.tsv").read_text().splitlines()[1:]
-    assert len(rows) == 12
+    assert len(rows) == 16  # 4 subject-sessions: T1w, T2w, BOLD, DWI
     if queries.find_validator():
         for root in (bids, out):
             proc = subprocess.run([queries.find_validator(), "--ignoreWarnings", str(root)],

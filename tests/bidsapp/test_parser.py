@@ -86,3 +86,19 @@ def test_help_lists_levels(capsys):
         build_parser().parse_args(["-h"])
     out = capsys.readouterr().out
     assert "{participant,group}" in out and "--use-plugin" in out
+
+
+def test_series_realignment_flags(tmp_path):
+    """Series realignment is on by default; --no-hmc turns it off (settings.hmc)."""
+    from niaffine.bidsapp.settings import from_args
+
+    assert parse().hmc and not parse().resample_bold
+    assert not parse("--no-hmc").hmc
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text("{}")
+    argv = [str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"),
+            "--device", "cpu"]
+    assert from_args(build_parser().parse_args(argv)).hmc
+    settings = from_args(build_parser().parse_args(argv + ["--no-hmc", "--resample-bold"]))
+    assert not settings.hmc and settings.resample_bold
