@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 #: Head motion between the volumes of the demo's BOLD and DWI runs (up to, deg and mm).
-SERIES_MOTION = 0.5
+SERIES_MOTION = 0.15
 
 
 def build_parser() -> argparse.ArgumentParser:

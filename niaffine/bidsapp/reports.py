@@ -346,8 +346,8 @@ def _caption(name: str) -> str:
 FIGURE_LEGEND = (
     '<p class="meta"><b>Reading the figures.</b> Registration figures show the fixed image '
     '(the T1w, or the template) in grey with the <span style="color:#0aa;font-weight:bold">'
-    'cyan</span> edges of the moved image drawn over it and the fixed image\'s brain mask '
-    'as a <span style="color:#d00;font-weight:bold">red</span> contour; hovering flickers to '
+    'cyan</span> edges of the moved image drawn over it and the brain mask as a '
+    '<span style="color:#d00;font-weight:bold">red</span> contour; hovering flickers to '
     "the moved image, whose edges stay put: a misalignment shows as edges moving against "
     "the anatomy. Motion plots: translations (mm), rotations (degrees) and framewise "
     'displacement (black; the dashed <span style="color:#d62728">red</span> line is 0.5 mm, '

@@ -35,8 +35,6 @@ EXPECTED = [
     f"{DWI}_space-T1w_desc-preproc_dwi.nii.gz", f"{DWI}_space-T1w_desc-preproc_dwi.bvec",
     f"{DWI}_space-T1w_desc-preproc_dwi.bval", f"{DWI}_space-T1w_dwiref.nii.gz",
     f"{DWI}_desc-confounds_timeseries.tsv",
-    "sub-01/anat/sub-01_desc-preproc_T2w.nii.gz",
-    "sub-01/anat/sub-01_from-T2w_to-T1w_mode-image_xfm.txt",
     "sub-01/figures/sub-01_task-rest_desc-motion_bold.svg",
     "sub-01/figures/sub-01_task-rest_desc-realignment_bold.svg",
     "sub-01/figures/sub-01_desc-motion_dwi.svg",
@@ -46,10 +44,11 @@ EXPECTED = [
 
 @pytest.fixture(scope="module")
 def series_bids(tmp_path_factory):
-    """One 2 mm subject: T1w, T2w, a 6-volume BOLD and an 8-volume DWI, both moving."""
+    """One 2 mm subject: T1w, a 6-volume BOLD and an 8-volume DWI, both moving (no T2w:
+    its names are checked with the stand-in workflow, ``test_app_mechanics.py``)."""
     root = tmp_path_factory.mktemp("series") / "bids"
     generate_demo_dataset(root, subjects=TINY_SUBJECTS, seed=3, bold_volumes=6,
-                          bold_motion=MOTION, dwi=True)
+                          bold_motion=MOTION, dwi=True, t2w=False)
     return root
 
 
@@ -191,6 +190,12 @@ def test_sidecars_and_units(series_run):
     assert np.allclose(series.header.get_zooms()[:3], 3.5)  # native resolution, T1w's frame
     corner = nb.affines.apply_affine(t1w_grid.affine, [0, 0, 0])
     assert np.allclose(series.affine[:3, 3], corner, atol=2.0)
+    for space in ("T1w", TEMPLATE):  # the series, its reference and its mask share one grid
+        grids = [nb.load(out / f"{FUNC}_space-{space}_{name}.nii.gz") for name in
+                 ("desc-preproc_bold", "boldref", "desc-brain_mask")]
+        assert all(g.shape[:3] == grids[0].shape[:3] and np.allclose(g.affine, grids[0].affine)
+                   for g in grids)
+        assert np.asanyarray(grids[2].dataobj).any()
 
 
 def test_reports_show_motion(series_run):
