@@ -10,18 +10,15 @@ written. Nothing is written unless the registration succeeds.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__
 from .errors import DeviceUnavailableError, InputError, RegistrationError
 from .presets import PRESETS
+from .service import INIT_MODES
 
 EXIT_USAGE, EXIT_DATA, EXIT_UNAVAILABLE, EXIT_SOFTWARE, EXIT_CANTCREAT = 2, 65, 69, 70, 73
 METRIC_CHOICES = ("auto", "mi", "nmi", "cr", "ncc", "lncc", "mse")
@@ -105,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-fsl", type=Path, help="also write the transform as FSL .mat")
     parser.add_argument("--out-lta", type=Path, help="also write the transform as FreeSurfer LTA")
     parser.add_argument("--out-json", type=Path,
-                        help="run facts: matrix, parameters, metric per level, timings")
+                        help="run facts (JSON; fields: niaffine.runfacts.RunFacts): matrix, parameters, "
+                             "metric, iterations and time per level, versions")
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda or cuda:N [default: auto]")
     parser.add_argument("--threads", type=_positive_int,
@@ -157,78 +155,32 @@ def run(args: argparse.Namespace) -> int:
     from . import threads
 
     threads.configure(args.threads)  # before torch loads: OpenMP reads its wait policy once
-    from .engine import register
-    from .io import load_image, load_transform, transform_format
+    from .service import OutputPaths, RegistrationOptions, register_files
 
-    for path in (args.output, args.out_fsl, args.out_lta, args.out_inverse):
-        if path is not None:
-            transform_format(path)
-    fixed = load_image(args.fixed, role="fixed image")
-    moving = load_image(args.moving, role="moving image")
-    fmask = load_image(args.fixed_mask, role="fixed mask", check_values=False) if args.fixed_mask else None
-    mmask = load_image(args.moving_mask, role="moving mask", check_values=False) if args.moving_mask else None
-    init, initial = args.init, None
-    if init not in ("com", "geometric", "identity"):
-        initial = load_transform(init, reference=fixed, moving=moving)
-        init = "com"
+    from_file = args.init not in INIT_MODES
+    options = RegistrationOptions(
+        dof=args.dof, metric=args.metric, init="com" if from_file else args.init,
+        initial_transforms=(str(args.init),) if from_file else (),
+        rotation_search=SEARCH_MODES[args.rotation_search], levels_mm=args.levels,
+        max_samples=args.samples, frozen=tuple(args.freeze), preset=args.preset,
+        device=args.device, seed=args.seed)
+    outputs = OutputPaths(
+        transform=args.output, inverse_transform=args.out_inverse, warped_image=args.out_image,
+        run_facts=args.out_json,
+        also=tuple((path, fmt) for path, fmt in ((args.out_fsl, "fsl"), (args.out_lta, "lta"))
+                   if path is not None),
+        order={"nearest": 0, "linear": 1, "cubic": 3}[args.interpolation])
     if not args.quiet:
         print(f"niaffine {__version__}: {args.moving} -> {args.fixed} (dof {args.dof}, "
               f"metric {args.metric})", file=sys.stderr)
     progress = _Progress(args.quiet)
-    given = {"metric": None if args.metric == "auto" else args.metric, "levels_mm": args.levels,
-             "max_samples": args.samples}
-    result = register(
-        fixed, moving, fixed_mask=fmask, moving_mask=mmask, initial_matrix=initial, dof=args.dof,
-        init=init, rotation_search=SEARCH_MODES[args.rotation_search], frozen=args.freeze,
-        preset=args.preset, device=args.device, seed=args.seed, callback=progress,
-        **{k: v for k, v in given.items() if v is not None},
-    )
+    result, _ = register_files(args.fixed, args.moving, outputs=outputs, options=options,
+                               fixed_image_mask=args.fixed_mask,
+                               moving_image_mask=args.moving_mask, callback=progress)
     progress.finish_level()
-    _write_outputs(args, result, fixed, moving)
     if not args.quiet:
         print(f"{args.output}: {result.summary()}")
     return 0
-
-
-def _write_outputs(args, result, fixed, moving):
-    """Write every requested output, all or nothing.
-
-    Each output is written to a temporary file beside its destination; only when all of them
-    are written are they renamed into place, so a failure leaves earlier files untouched.
-    """
-    from .engine import resample_image
-    from .io import as_3d_matrix, atomic_path, save_image, save_transform, transform_format
-
-    matrix = as_3d_matrix(result.matrix)
-    jobs = [(args.output, lambda p: save_transform(matrix, p, reference=fixed, moving=moving,
-                                                   fmt=transform_format(args.output)))]
-    if args.out_inverse:
-        jobs.append((args.out_inverse, lambda p: save_transform(
-            np.linalg.inv(matrix), p, reference=moving, moving=fixed,
-            fmt=transform_format(args.out_inverse))))
-    for path, fmt in ((args.out_fsl, "fsl"), (args.out_lta, "lta")):
-        if path:
-            jobs.append((path, lambda p, fmt=fmt: save_transform(matrix, p, reference=fixed,
-                                                                 moving=moving, fmt=fmt)))
-    if args.out_image:
-        order = {"nearest": 0, "linear": 1, "cubic": 3}[args.interpolation]
-        moved = resample_image(_as_3d(moving), matrix, _as_3d(fixed), order=order)
-        jobs.append((args.out_image, lambda p: save_image(moved, p)))
-    if args.out_json:
-        facts = result.to_dict() | {"fixed": str(args.fixed), "moving": str(args.moving),
-                                    "version": __version__}
-        jobs.append((args.out_json, lambda p: p.write_text(json.dumps(facts, indent=2) + "\n")))
-    with contextlib.ExitStack() as stack:
-        for path, job in jobs:
-            job(stack.enter_context(atomic_path(path)))
-
-
-def _as_3d(img):
-    import nibabel as nb
-
-    if img.ndim >= 3:
-        return img
-    return nb.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine, img.header)
 
 
 def run_reporting_failures(run_fn, args, *, prog: str, action: str) -> int:

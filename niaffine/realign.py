@@ -23,13 +23,16 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from . import __version__, choices
 from .cli import _levels, _positive_int, run_reporting_failures
+from .devices import device_argument
 from .errors import InputError
 from .series_io import PE_CODES
 
 LOGGER = logging.getLogger("niaffine.realign")
 PROG = "niaffine-realign"
+#: ``--interpolation`` of ``--out-image``: the smooth interpolations.
+SERIES_INTERPOLATIONS = tuple(name for name in choices.INTERPOLATIONS if name != "nearest")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,11 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "from the series")
     ref.add_argument("--ref-volume", type=int, metavar="N",
                      help="use volume N (0-based) of the series as the reference")
-    parser.add_argument("--dof", type=int, choices=(3, 6, 7, 9, 12),
+    parser.add_argument("--dof", type=int, choices=choices.DOFS,
                         help="degrees of freedom: 6 rigid (default), 12 affine (default for "
                              "the diffusion-weighted volumes with --bval; b=0 volumes are rigid)")
-    parser.add_argument("--metric", default="auto", choices=("auto", "ncc", "mi", "nmi", "cr",
-                                                             "mse"),
+    parser.add_argument("--metric", default="auto", choices=choices.SERIES_METRIC_CHOICES,
                         help="similarity: auto = normalised cross-correlation, mutual "
                              "information for diffusion-weighted volumes [default: auto]")
     parser.add_argument("--mask", type=Path,
@@ -84,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--confounds", type=Path,
                         help="motion confounds TSV (fMRIPrep columns; JSON sidecar beside it)")
     parser.add_argument("--out-image", type=Path, help="the realigned series on the reference grid")
-    parser.add_argument("--interpolation", choices=("linear", "cubic"), default="linear",
+    parser.add_argument("--interpolation", choices=SERIES_INTERPOLATIONS, default="linear",
                         help="interpolation for --out-image [default: linear]")
     parser.add_argument("--out-reference", type=Path, help="the reference image (3D)")
     parser.add_argument("--out-json", type=Path, help="run facts: per-volume metric, flags, timing")
@@ -98,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="metric sample points per volume and level [default: 15000]")
     parser.add_argument("--volumes-per-call", type=_positive_int,
                         help="volumes per engine call [default: as a memory budget allows]")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [default: auto]")
+    parser.add_argument("--device", type=device_argument, default="auto",
+                        help=f"{', '.join(choices.DEVICE_CHOICES)} [default: auto]")
     parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch")
     parser.add_argument("--seed", type=int, default=0, help="random seed [default: 0]")
     parser.add_argument("-v", "--verbose", action="count", default=0,
@@ -198,7 +201,7 @@ def _write_outputs(args, result, series, bvecs) -> None:
     jobs = [(args.output, lambda p: save_transform_array(result.matrices, p))]
     moved = None
     if args.out_image:
-        order = {"linear": 1, "cubic": 3}[args.interpolation]
+        order = choices.INTERPOLATIONS[args.interpolation]
         moved = resample_series(series, result.matrices, result.reference, order=order)
         jobs.append((args.out_image, lambda p: save_image(moved, p)))
     if args.out_reference:

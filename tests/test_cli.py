@@ -145,9 +145,12 @@ def test_run_writes_every_output_consistently(files, capsys, tmp_path):
     assert np.allclose(load_transform(paths["lta"]), matrix, atol=1e-4)
     facts = json.loads(paths["json"].read_text())
     assert np.allclose(facts["matrix"], matrix, atol=1e-6)
-    assert facts["dof"] == 6 and facts["version"] == __version__
-    assert facts["fixed"] == files["fixed"] and facts["moving"] == files["moving"]
-    assert len(facts["levels"]) == 2
+    assert facts["dof"] == 6 and facts["versions"]["niaffine"] == __version__
+    assert facts["target"] == str(files["fixed"]) and facts["source"] == str(files["moving"])
+    assert len(facts["levels"]) == len(facts["iterations_per_level"]) == 2
+    assert facts["iterations_total"] == sum(facts["iterations_per_level"])
+    assert facts["outputs"]["transform"] == str(paths["xfm"])
+    assert facts["outputs"]["transform_fsl"] == str(paths["fsl"])
     moved = nib.load(paths["image"])
     assert moved.shape == fixed.shape and np.allclose(moved.affine, fixed.affine, atol=1e-5)
     inside = np.asarray(files["mask"].dataobj) > 0

@@ -2,6 +2,7 @@
 """Container files: hadolint, Dockerfile contract, Apptainer and Boutiques files, and (marked
 ``container``) the podman build-and-run test of ``scripts/test-container.sh``."""
 
+import argparse
 import json
 import os
 import re
@@ -167,8 +168,9 @@ def test_boutiques_inputs_match_command_line(descriptor):
         keys.add(item["value-key"])
         if item["type"] == "Flag":
             assert "command-line-flag" in item
-        if "value-choices" in item:
-            assert "default-value" not in item or item["default-value"] in item["value-choices"]
+        if "value-choices" in item and "default-value" in item:
+            default = item["default-value"]
+            assert set(default if item.get("list") else [default]) <= set(item["value-choices"])
     for output in descriptor["output-files"]:
         assert _ID_RE.match(output["id"])
         for key in re.findall(r"\[[A-Z_]+\]", output["path-template"]):
@@ -192,10 +194,49 @@ def test_boutiques_command_line_matches_parser(descriptor):
                 assert set(map(str, item["value-choices"])) <= set(map(str, action.choices))
 
 
+#: BIDS-App options the descriptor leaves out on purpose: they change nothing (``--notrack``,
+#: ``--output-layout``) or are refused (``--boilerplate-only``). fMRIPrep's ignored options
+#: are hidden from ``--help`` and left out too.
+_NOT_DESCRIBED = {"notrack", "output_layout", "boilerplate_only"}
+
+
+def _described_actions(parser):
+    """The parser's actions by destination, as ``--help`` shows them (the first of each)."""
+    out = {}
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public list
+        if action.help == argparse.SUPPRESS or isinstance(
+                action, argparse._HelpAction | argparse._VersionAction):  # noqa: SLF001
+            continue
+        out.setdefault(action.dest, action)
+    return out
+
+
+def test_boutiques_inputs_are_the_parser_options(descriptor):
+    """One input per BIDS-App option (same flag, choices, defaults, type), and no other."""
+    parser_mod = pytest.importorskip("niaffine.bidsapp.parser")
+    parser = parser_mod.build_parser()
+    actions = _described_actions(parser)
+    seen = set()
+    for item in descriptor["inputs"]:
+        flag = item.get("command-line-flag")
+        action = parser._option_string_actions[flag] if flag else actions[item["id"]]  # noqa: SLF001
+        seen.add(action.dest)
+        where = f"{item['id']} ({flag or 'positional'})"
+        assert bool(item.get("list")) == (action.nargs in ("+", "*")), where
+        assert (item["type"] == "Flag") == (action.nargs == 0), where
+        if item["type"] == "Number":
+            assert action.type in (int, parser_mod._positive_int), where  # noqa: SLF001
+        if action.choices and action.dest != "analysis_level":
+            assert list(map(str, item["value-choices"])) == list(map(str, action.choices)), where
+        if "default-value" in item:
+            assert item["default-value"] == action.default, where
+    assert seen == set(actions) - _NOT_DESCRIBED, seen ^ (set(actions) - _NOT_DESCRIBED)
+
+
 def test_boutiques_error_codes_match_the_app(descriptor):
     errors = pytest.importorskip("niaffine.bidsapp.errors")
     codes = {entry["code"] for entry in descriptor["error-codes"]}
-    assert codes <= set(errors.EXIT_CODES), codes - set(errors.EXIT_CODES)
+    assert codes == set(errors.EXIT_CODES) - {errors.EXIT_OK}, codes ^ set(errors.EXIT_CODES)
     assert {1, 16, 17, 18, 64, 65, 69, 73} <= codes
 
 

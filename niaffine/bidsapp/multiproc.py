@@ -26,6 +26,8 @@ from traceback import format_exception
 
 from nipype.pipeline.plugins.multiproc import MultiProcPlugin, process_initializer, run_node
 
+from niaffine.bidsapp.progress import ReportsGraphSize
+
 LOGGER = logging.getLogger("niaffine.bidsapp")
 
 
@@ -46,10 +48,12 @@ def lost_message(node_name: str) -> str:
             "out-of-memory killer or kill -9, or crashed in a library)")
 
 
-class ResilientMultiProcPlugin(MultiProcPlugin):
+class ResilientMultiProcPlugin(ReportsGraphSize, MultiProcPlugin):
     """``MultiProc`` that retries, once and alone, a node whose worker process died.
 
-    Takes nipype's ``MultiProc`` plugin arguments (``n_procs``, ``memory_gb``, ...).
+    Takes nipype's ``MultiProc`` plugin arguments (``n_procs``, ``memory_gb``, ...); a
+    ``status_callback`` with a ``begin`` method (:class:`~niaffine.bidsapp.progress.RunProgress`)
+    is told the number of nodes.
     """
 
     def __init__(self, plugin_args=None):

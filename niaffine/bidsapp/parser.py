@@ -9,19 +9,17 @@ file system live in :mod:`niaffine.bidsapp.settings`.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
+import textwrap
 from pathlib import Path
 
-from niaffine import __version__
+from niaffine import __version__, choices
+from niaffine.choices import DEFAULT_SPACES, MODALITIES  # noqa: F401  (re-exported)
 from niaffine.devices import device_argument
 
 ANALYSIS_LEVELS = ("participant", "group")
-MODALITIES = ("T2w", "FLAIR", "PDw", "bold", "dwi")
-DEFAULT_SPACES = ("T1w", "MNI152NLin2009aSym")
-METRICS = ("auto", "mi", "nmi", "ncc", "lncc", "mse", "cr")
-DOFS_TEMPLATE = (6, 7, 9, 12)
-DOFS_COREG = (3, 6, 7, 9, 12)
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 
@@ -72,19 +70,27 @@ def _json_file(value: str) -> dict:
     return data
 
 
-def _memory_gb(value: str) -> float:
-    """Parse ``--mem``: ``8``, ``8G``, ``8GB``, ``8000M``, ``8000MB`` (gigabytes by default).
+def _memory_gb(value: str, default_unit: str = "G") -> float:
+    """Parse a memory amount in gigabytes: ``8G``, ``8GB``, ``8000M``, ``8000MB``, ``1T``.
+
+    A bare number is in ``default_unit``: gigabytes for ``--mem-gb``, megabytes for
+    ``--mem``/``--mem-mb`` (fMRIPrep's unit), where a bare number under 256 is refused as
+    a probable slip (``--mem 16`` would be 16 MB).
 
     Examples
     --------
-    >>> _memory_gb("8G"), _memory_gb("512MB"), _memory_gb("2")
-    (8.0, 0.5, 2.0)
+    >>> _memory_gb("8G"), _memory_gb("512MB"), _memory_gb("2"), _memory_gb("16384", "M")
+    (8.0, 0.5, 2.0, 16.0)
     """
     match = re.fullmatch(r"\s*([0-9.]+)\s*([GgMmTt]?)[Bb]?\s*", value)
     if not match:
         raise argparse.ArgumentTypeError(f"invalid memory amount {value!r} (e.g. 8G, 8000M)")
-    number, unit = float(match.group(1)), match.group(2).upper()
-    return number * {"": 1.0, "G": 1.0, "M": 1 / 1024, "T": 1024.0}[unit]
+    number, unit = float(match.group(1)), match.group(2).upper() or default_unit
+    if not match.group(2) and default_unit == "M" and number < 256:
+        raise argparse.ArgumentTypeError(
+            f"{value} would be {value} MB (a bare number is megabytes, as in fMRIPrep): "
+            f"write {value}G for gigabytes")
+    return number * {"G": 1.0, "M": 1 / 1024, "T": 1024.0}[unit]
 
 
 def _positive_int(value: str) -> int:
@@ -92,6 +98,88 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return number
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Show ``(default: X)`` once, only where a help text does not say it and X means
+    something (not ``None``, ``False`` or an empty list)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, [], argparse.SUPPRESS)
+                or action.nargs == 0 or isinstance(action, _Ignored)):
+            return text
+        if isinstance(default, list | tuple):
+            default = " ".join(map(str, default))
+        return f"{text} (default: {default})"
+
+    def _split_lines(self, text, width):  # never break an option name at its hyphens
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text, width, indent):
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent,
+                             subsequent_indent=indent, break_on_hyphens=False)
+
+
+class _Ignored(argparse.Action):
+    """An fMRIPrep option niaffine accepts and ignores: its name goes into ``ignored``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        ignored = list(getattr(namespace, "ignored", None) or [])
+        if option_string not in ignored:
+            ignored.append(option_string)
+        namespace.ignored = ignored
+
+
+#: fMRIPrep options niaffine has no use for: (option strings, nargs, metavar), by topic.
+IGNORED_OPTIONS = {
+    "FreeSurfer, surfaces (niaffine writes volumes)": [
+        (("--fs-license-file",), None, "FILE"), (("--fs-subjects-dir",), None, "PATH"),
+        (("--fs-no-reconall",), 0, None), (("--fs-no-resume",), 0, None),
+        (("--no-submm-recon",), 0, None), (("--cifti-output",), "?", "{91k,170k}"),
+        (("--medial-surface-nan",), 0, None), (("--project-goodvoxels",), 0, None),
+        (("--no-msm",), 0, None),
+    ],
+    "confounds, AROMA, multi-echo, fieldmaps, slice timing": [
+        (("--use-aroma",), 0, None), (("--aroma-melodic-dimensionality",), None, "N"),
+        (("--error-on-aroma-warnings",), 0, None), (("--return-all-components",), 0, None),
+        (("--fd-spike-threshold",), None, "MM"), (("--dvars-spike-threshold",), None, "X"),
+        (("--dummy-scans",), None, "N"), (("--me-output-echos",), 0, None),
+        (("--me-t2s-fit-method",), None, "METHOD"), (("--echo-idx",), None, "N"),
+        (("--slice-time-ref",), None, "X"), (("--fmap-bspline",), 0, None),
+        (("--fmap-no-demean",), 0, None), (("--use-syn-sdc",), "?", "{warn,error}"),
+        (("--force-syn",), 0, None),
+    ],
+    "other (see docs/usage.md)": [
+        (("--longitudinal",), 0, None), (("--level",), None, "LEVEL"),
+        (("--sloppy",), 0, None), (("--low-mem",), 0, None),
+        (("--bold2t1w-init", "--bold2anat-init"), None, "INIT"),
+        (("--bold2t1w-dof", "--bold2anat-dof"), None, "DOF"),
+        (("--force-bbr",), 0, None), (("--force-no-bbr",), 0, None),
+        (("--skull-strip-template",), None, "TEMPLATE"), (("--skull-strip-fixed-seed",), 0, None),
+        (("--skull-strip-t1w",), None, "MODE"), (("--anat-derivatives",), None, "PATH"),
+        (("-d", "--derivatives"), "+", "PATH"), (("--md-only-boilerplate",), 0, None),
+        (("--aggregate-session-reports",), None, "N"), (("--config-file",), None, "FILE"),
+        (("--write-graph",), 0, None), (("--resource-monitor",), 0, None),
+        (("--clean-workdir",), 0, None), (("--debug",), "+", "WHAT"),
+        (("--track-carbon",), 0, None), (("--country-code",), None, "CODE"),
+    ],
+}
+
+
+def _add_fmriprep_options(parser: argparse.ArgumentParser) -> None:
+    """fMRIPrep's options that scripts pass: accepted, ignored, named once in a notice.
+
+    ``--help`` lists them by topic in each group's description (one line each would
+    double the help's length).
+    """
+    for topic, options in IGNORED_OPTIONS.items():
+        names = " ".join("/".join(flags) for flags, _, _ in options)
+        group = parser.add_argument_group(f"fMRIPrep options accepted and ignored: {topic}", names)
+        for flags, nargs, metavar in options:
+            group.add_argument(*flags, dest="ignored", action=_Ignored, nargs=nargs,
+                               metavar=metavar, default=None, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,12 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     >>> args = build_parser().parse_args(argv)
     >>> args.participant_label, args.output_spaces
     (['01'], ['T1w', 'MNI152NLin2009aSym'])
+    >>> build_parser().parse_args(argv + ["--notrack", "--fs-license-file", "x"]).ignored
+    ['--fs-license-file']
     """
     parser = argparse.ArgumentParser(
         prog="niaffine",
         description="niaffine BIDS-App: affine registration of every anatomical and functional "
-        "image of a BIDS dataset to its T1w and to a template, with BIDS-Derivatives and reports.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "image of a BIDS dataset to its T1w and to a template, with BIDS-Derivatives and reports."
+        " It accepts the options of fMRIPrep that scripts pass (the unused ones are named once "
+        "in a notice).",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("bids_dir", type=Path, help="the root of the input BIDS dataset")
     parser.add_argument(
@@ -147,8 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
         '{"t1w": {"acquisition": "mprage"}, "bold": {"task": "rest"}}',
     )
     sel.add_argument(
-        "--skip-bids-validation", "--skip_bids_validation", dest="skip_bids_validation",
+        "--skip-bids-validation", "--skip_bids_validation", "--skip_bids_validator",
+        "--skip-bids-validator", dest="skip_bids_validation",
         action="store_true", help="do not run the BIDS validator on bids_dir",
+    )
+    sel.add_argument(
+        "-t", "--task-id", dest="task_id", metavar="TASK",
+        help="only BOLD runs of this task (as fMRIPrep; added to the filters' bold query)",
     )
     sel.add_argument(
         "--bids-database-dir", dest="bids_database_dir", type=Path, metavar="DIR",
@@ -163,22 +260,25 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument(
         "--output-spaces", "--output_spaces", dest="output_spaces", nargs="+",
         default=list(DEFAULT_SPACES), metavar="SPACE",
-        help="T1w and at most one template: MNI152NLin2009aSym or a path to a template T1w "
-        "NIfTI (its space label comes from 'tpl-<label>' in the file name, else the file stem)",
+        help="fMRIPrep's grammar: TemplateFlow templates NAME[:res-N|:res-native][:cohort-M] "
+        "(from TEMPLATEFLOW_HOME, never downloaded; MNI152NLin2009aSym is built in), T1w "
+        "(alias anat), func (each series' own grid), or the path of a template T1w NIfTI "
+        "(labelled by 'tpl-<label>' in its name, else the file stem). T1w is always written",
     )
     what.add_argument(
         "--template-mask", dest="template_mask", type=Path, metavar="FILE",
         help="brain mask on the grid of a user template given in --output-spaces",
     )
     what.add_argument(
-        "--dof", type=int, choices=DOFS_TEMPLATE, default=12,
+        "--dof", type=int, choices=choices.DOFS_TEMPLATE, default=choices.DEFAULT_DOF,
         help="degrees of freedom of the T1w-to-template registration",
     )
     what.add_argument(
-        "--dof-coreg", dest="dof_coreg", type=int, choices=DOFS_COREG, default=6,
+        "--dof-coreg", dest="dof_coreg", type=int, choices=choices.DOFS,
+        default=choices.DEFAULT_DOF_COREG,
         help="degrees of freedom of the image-to-T1w coregistrations",
     )
-    what.add_argument("--metric", choices=METRICS, default="auto",
+    what.add_argument("--metric", choices=choices.METRIC_CHOICES, default="auto",
                       help="similarity metric; auto: each registration's preset (mutual "
                            "information within the subject, normalised MI to the template)")
     what.add_argument(
@@ -195,6 +295,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--reports-only", dest="reports_only", action="store_true",
         help="only rebuild the HTML reports from existing derivatives",
     )
+    what.add_argument(
+        "--anat-only", dest="anat_only", action="store_true",
+        help="only anatomical images (no BOLD or DWI), as fMRIPrep's --anat-only",
+    )
+    what.add_argument(
+        "--ignore", nargs="+", default=[], metavar="WHAT",
+        choices=("fieldmaps", "slicetiming", "sbref", "t2w", "flair", "fmap-jacobian"),
+        help="fMRIPrep's: t2w and flair leave those images out; niaffine never uses "
+        "fieldmaps, slice timing or SBRefs, so the others change nothing",
+    )
+    what.add_argument(
+        "--output-layout", dest="output_layout", choices=("bids", "legacy"), default="bids",
+        help="niaffine writes the bids layout (legacy is accepted and ignored)",
+    )
+    what.add_argument(
+        "--boilerplate-only", "--boilerplate_only", dest="boilerplate_only",
+        action="store_true", help="refused: niaffine writes no citation boilerplate",
+    )
 
     run = parser.add_argument_group("execution")
     run.add_argument(
@@ -207,17 +325,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=None, help="processes to run at once (default: all CPUs)",
     )
     run.add_argument(
-        "--omp-nthreads", dest="omp_nthreads", type=_positive_int, default=None,
+        "--omp-nthreads", "--omp_nthreads", dest="omp_nthreads", type=_positive_int, default=None,
         help="threads per registration (default: min(nprocs, 8)); set in the environment "
         "with OMP_WAIT_POLICY=PASSIVE before torch loads",
     )
     run.add_argument(
-        "--mem", "--mem-gb", "--mem_gb", dest="mem_gb", type=_memory_gb, default=None,
-        help="memory limit for the scheduler, e.g. 16G",
+        "--mem", "--mem-mb", "--mem_mb", dest="mem_gb", default=None, metavar="MEM",
+        type=functools.partial(_memory_gb, default_unit="M"),
+        help="memory limit for the scheduler, e.g. 16G or 16000 (a bare number is megabytes, "
+        "as in fMRIPrep)",
+    )
+    run.add_argument(
+        "--mem-gb", "--mem_gb", dest="mem_gb", type=_memory_gb, default=None, metavar="GB",
+        help="the same in gigabytes (a bare number is gigabytes)",
     )
     run.add_argument(
         "--device", type=device_argument, default="auto",
-        help="auto (CUDA if available), cpu, or cuda[:N]",
+        help=f"{', '.join(choices.DEVICE_CHOICES)}: auto is CUDA where available",
     )
     run.add_argument(
         "--n-gpu-procs", dest="n_gpu_procs", type=_positive_int, default=1,
@@ -236,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="plugin arguments as JSON or key=value,key=value (see docs/usage.md)",
     )
     run.add_argument(
-        "--use-plugin", dest="use_plugin", type=Path, default=None, metavar="FILE",
+        "--use-plugin", "--nipype-plugin-file", dest="use_plugin", type=Path, default=None, metavar="FILE",
         help="YAML file with 'plugin' and 'plugin_args' (as fMRIPrep's --use-plugin)",
     )
     run.add_argument(
@@ -247,4 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--random-seed", dest="random_seed", type=int, default=0,
         help="seed of every random choice (sampling), for reproducible results",
     )
+    run.add_argument(
+        "--notrack", dest="notrack", action="store_true",
+        help="accepted: niaffine never sends usage data anywhere",
+    )
+    _add_fmriprep_options(parser)
     return parser

@@ -184,8 +184,11 @@ def collect_subjects(layout, *, participant_label=(), session_label=(), modaliti
     Raises
     ------
     BidsAppError
-        Code 18 when labels name subjects or sessions that do not exist, or when
-        the selection is empty.
+        Code 18 when labels name subjects or sessions that do not exist, when a filter of
+        ``--bids-filter-file`` (any data type: ``t1w``, ``bold``...) matches no image of the
+        selected subjects and sessions, as fMRIPrep refuses a BOLD filter that finds no
+        BOLD run, or when the selection is empty. A filter of a data type left out of
+        ``modalities`` is not used (a warning says so).
     """
     filters = check_filters(layout, bids_filters)
     modalities = tuple(DATATYPES) if modalities is None else tuple(modalities)
@@ -200,6 +203,11 @@ def collect_subjects(layout, *, participant_label=(), session_label=(), modaliti
             f"participant label(s) {', '.join('sub-' + s for s in missing)} match no subject "
             f"in {layout.root} (found: {', '.join(available[:10])}"
             f"{', ...' if len(available) > 10 else ''})", errors.EXIT_NO_MATCH)
+    queried = {"t1w", *(m.lower() for m in modalities)}
+    for kind in sorted(set(filters) - queried):
+        LOGGER.warning("--bids-filter-file: the %s filter is not used (%s is not among "
+                       "--modalities)", kind, kind)
+    matched = dict.fromkeys(set(filters) & queried, 0)
     subjects, skipped, sessions_seen = [], [], set()
     for sub in chosen:
         sessions = sorted(layout.get_sessions(subject=sub)) or [None]
@@ -208,8 +216,12 @@ def collect_subjects(layout, *, participant_label=(), session_label=(), modaliti
             sessions = [s for s in sessions if s in session_label]
         for ses in sessions:
             t1w = _query(layout, sub, ses, "T1w", "anat", filters)
+            if "t1w" in matched:
+                matched["t1w"] += len(t1w)
             if not t1w:
-                skipped.append(Skipped(sub, ses, "no T1w image found; skipped"))
+                reason = "no T1w image matches the t1w filter" if "t1w" in filters else \
+                    "no T1w image found"
+                skipped.append(Skipped(sub, ses, f"{reason}; skipped"))
                 continue
             if len(t1w) > 1:
                 LOGGER.warning("sub-%s%s: %d T1w images, using %s (select with "
@@ -217,7 +229,10 @@ def collect_subjects(layout, *, participant_label=(), session_label=(), modaliti
                                len(t1w), Path(t1w[0]).name)
             images = []
             for suffix in modalities:
-                for path in _query(layout, sub, ses, suffix, DATATYPES[suffix], filters):
+                found = _query(layout, sub, ses, suffix, DATATYPES[suffix], filters)
+                if suffix.lower() in matched:
+                    matched[suffix.lower()] += len(found)
+                for path in found:
                     image = {"path": path, "suffix": suffix, "bvals": None}
                     if suffix == "dwi":
                         image["bvals"] = layout.get_bval(path) or None
@@ -226,6 +241,7 @@ def collect_subjects(layout, *, participant_label=(), session_label=(), modaliti
                         image["metadata"] = _series_metadata(layout, path)
                     images.append(image)
             subjects.append({"subject": sub, "session": ses, "t1w": t1w[0], "images": images})
+    _check_filters_matched(layout, chosen, matched, bids_filters)
     unknown = [s for s in session_label if s not in sessions_seen]
     if session_label and unknown:
         raise errors.BidsAppError(
@@ -241,6 +257,22 @@ def _series_metadata(layout, path) -> dict:
     """The :data:`SERIES_METADATA` keys of a series' sidecars (BIDS inheritance applied)."""
     metadata = layout.get_metadata(path) or {}
     return {key: metadata[key] for key in SERIES_METADATA if key in metadata}
+
+
+def _check_filters_matched(layout, chosen, matched: dict, bids_filters) -> None:
+    """Exit 18 naming the first filter that matched no image of the selected subjects."""
+    import json
+
+    for kind in sorted(k for k, count in matched.items() if count == 0):
+        suffix = next(s for s in ("T1w", *DATATYPES) if s.lower() == kind)
+        query = next(v for k, v in (bids_filters or {}).items() if str(k).lower() == kind)
+        unfiltered = layout.get(return_type="file", subject=chosen, suffix=suffix,
+                                datatype=DATATYPES.get(suffix, "anat"), extension=NIFTI)
+        raise errors.BidsAppError(
+            f"--bids-filter-file: the {kind} filter {json.dumps(query)} matches no {suffix} "
+            f"image of the selected subjects ({len(unfiltered)} {suffix} image(s) without "
+            "it); fix the filter, or leave the data type out with --modalities",
+            errors.EXIT_NO_MATCH)
 
 
 def _gzip_isize(path: Path) -> int:

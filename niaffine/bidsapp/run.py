@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -24,20 +23,26 @@ from niaffine.bidsapp import crashes as crashes_mod
 from niaffine.bidsapp import derivatives as drv
 from niaffine.bidsapp import errors, guards
 from niaffine.bidsapp.parser import build_parser
+from niaffine.bidsapp.progress import SUBJECT, RunProgress, StatusLine
 from niaffine.bidsapp.settings import Settings, from_args, make_dirs
 
 LOGGER = logging.getLogger("niaffine.bidsapp")
 #: How long a batch plugin (SLURM...) waits for a finished job's result file to appear.
 JOB_FINISHED_TIMEOUT_S = 60
-_SUBJECT = re.compile(r"(?:^|\.)sub_([A-Za-z0-9]+?)(?:_ses_([A-Za-z0-9]+))?_(?:wf|ds|report|batch|anat_wf)\b")
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Write to whatever ``sys.stderr`` is at the time (it may be swapped, e.g. by pytest)."""
+    """Write to whatever ``sys.stderr`` is at the time (it may be swapped, e.g. by pytest),
+    above the progress line when stderr is a terminal."""
+
+    def __init__(self, status_line: StatusLine):
+        super().__init__()
+        self.status_line = status_line
 
     def emit(self, record):
         self.stream = sys.stderr
-        super().emit(record)
+        with self.status_line.paused():
+            super().emit(record)
 
 
 class _NoNipypeErrors(logging.Filter):
@@ -54,12 +59,12 @@ class _NoNipypeErrors(logging.Filter):
                 and not message.startswith(self.NODE_ERRORS))
 
 
-def _setup_logging(verbose: int):
+def _setup_logging(verbose: int, status_line: StatusLine):
     """Log niaffine (INFO: progress) and Nipype (by ``-v``) to stderr; return an undo."""
     from nipype import logging as nlogging
 
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = _StderrHandler()
+    handler = _StderrHandler(status_line)
     handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%H:%M:%S"))
     app, own = logging.getLogger("niaffine"), logging.getLogger("niaffine.bidsapp")
     nipype = [nlogging.getLogger(n) for n in ("nipype.workflow", "nipype.interface",
@@ -109,32 +114,6 @@ def _sigterm_raises():
         signal.signal(signal.SIGTERM, previous)
 
 
-class Progress:
-    """Nipype ``status_callback`` that follows subjects (done / failed) and logs them."""
-
-    def __init__(self, subjects: list[str]):
-        self.subjects = sorted(set(subjects))
-        self.done: set[str] = set()
-        self.failed: dict[str, list[str]] = {}
-        self.start = time.monotonic()
-
-    def __call__(self, node, status: str) -> None:
-        match = _SUBJECT.search(node.fullname)
-        if match is None:
-            return
-        subject = match.group(1)
-        if status == "exception":
-            self.failed.setdefault(subject, []).append(node.fullname)
-            LOGGER.error("sub-%s: node %s failed (%d failed so far)", subject, node.fullname,
-                         len(self.failed))
-        elif (status == "end" and node.name == f"sub_{subject}_report"
-              and subject not in self.failed):  # nipype also says "end" for skipped nodes
-            self.done.add(subject)
-            LOGGER.info("sub-%s done: %d/%d subjects finished, %d failed, %.0f s", subject,
-                        len(self.done), len(self.subjects), len(self.failed),
-                        time.monotonic() - self.start)
-
-
 def _crash_files(log_dir: Path) -> set[Path]:
     return set(log_dir.glob("crash-*"))
 
@@ -163,11 +142,21 @@ def _plugin(settings: Settings):
         raise errors.BidsAppError(f"plugin settings: {exc}", errors.EXIT_USAGE) from None
 
 
-def run_participant(settings: Settings) -> int:
+def run_participant(settings: Settings, *, progress_interval_s: float | None = None,
+                    status_line: StatusLine | None = None) -> int:
     """The participant level: validate, query, check, then build, run, sink, report.
 
     Every check that can fail (dataset, labels, filters, inputs, plugin, links into
     ``bids_dir``) runs before the first folder is created or file written.
+
+    Parameters
+    ----------
+    settings : Settings
+    progress_interval_s : float, optional
+        Seconds between progress log lines when stderr is not a terminal (default:
+        ``$NIAFFINE_PROGRESS_INTERVAL``, else 30; see :mod:`niaffine.bidsapp.progress`).
+    status_line : StatusLine, optional
+        The terminal's progress line (shared with the log handler).
     """
     from niaffine.bidsapp import queries
     from niaffine.bidsapp.workflow import workflow_name
@@ -205,7 +194,8 @@ def run_participant(settings: Settings) -> int:
         if skipped:
             code = crashes_mod.most_specific(code, errors.EXIT_FAILED)
         LOGGER.info("settings recorded in %s", _write_settings(settings, tree))
-        progress = Progress([d["subject"] for d in usable])
+        progress = RunProgress([d["subject"] for d in usable], interval_s=progress_interval_s,
+                               status_line=status_line)
         if usable:
             with guards.work_locks(work_flow_dir, _work_lock_names(usable, settings)):
                 code = crashes_mod.most_specific(
@@ -225,7 +215,7 @@ def _rebuild_reports(settings: Settings, tree: drv.OutputTree, subjects, skipped
     return errors.EXIT_OK
 
 
-def _report_skipped(tree: drv.OutputTree, skipped, progress: Progress) -> None:
+def _report_skipped(tree: drv.OutputTree, skipped, progress: RunProgress) -> None:
     from niaffine.bidsapp.reports import write_subject_report
 
     for subject in sorted({s.subject for s in skipped} - set(progress.done)):
@@ -259,9 +249,16 @@ def _run_workflow(settings: Settings, tree: drv.OutputTree, usable, chosen, prog
         from niaffine.bidsapp.multiproc import ResilientMultiProcPlugin
 
         runner = ResilientMultiProcPlugin(plugin_args=plugin_args)
+    elif plugin == "Linear":
+        from niaffine.bidsapp.progress import ProgressLinearPlugin
+
+        runner = ProgressLinearPlugin(plugin_args=plugin_args)
+    else:  # a batch plugin does not tell its graph: the nodes before expansion, roughly
+        progress.begin(len(workflow._get_all_nodes()))
     stopped = None
     try:
-        workflow.run(plugin=runner, plugin_args=plugin_args)
+        with progress.running():
+            workflow.run(plugin=runner, plugin_args=plugin_args)
     except Exception as exc:  # nipype re-raises node errors (first crash, or at the end)
         stopped = exc
     crashes = [crashes_mod.read_crash(path) for path in sorted(_crash_files(log_dir) - before)]
@@ -288,7 +285,7 @@ def _run_workflow(settings: Settings, tree: drv.OutputTree, usable, chosen, prog
 
 
 def _subject_of(node_name: str) -> str | None:
-    match = _SUBJECT.search(node_name)
+    match = SUBJECT.search(node_name)
     return match.group(1) if match else None
 
 
@@ -297,7 +294,7 @@ def _last_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _summary(settings: Settings, progress: Progress, skipped) -> None:
+def _summary(settings: Settings, progress: RunProgress, skipped) -> None:
     ok = sorted(progress.done - set(progress.failed))
     print(f"\nniaffine {__version__}: {len(ok)} subject(s) processed, "
           f"{len(progress.failed)} failed, {len(skipped)} skipped "
@@ -350,14 +347,17 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, syntax errors
         return int(exc.code or 0)
-    restore_logging = _setup_logging(args.verbose)
+    status_line = StatusLine()
+    restore_logging = _setup_logging(args.verbose, status_line)
     try:
         with _sigterm_raises():
             settings = from_args(args)
             threads.configure(settings.omp_nthreads)  # inherited by MultiProc's workers
             if settings.analysis_level == "group":
                 return run_group(settings)
-            return run_participant(settings)
+            return run_participant(
+                settings, status_line=status_line,
+                progress_interval_s=getattr(settings, "progress_interval_s", None))
     except errors.BidsAppError as exc:
         return _fail(str(exc), exc.code)
     except KeyboardInterrupt:

@@ -86,6 +86,8 @@ def sink_series(w, folder: Path, ents: dict, image: dict, item: dict, *, t1w, t1
         space = "T1w" if which == "T1w" else template_space
         if not space:
             continue
+        # realigned series lie at their own voxel size (fMRIPrep's res-native: no res entity)
+        space = {k: v for k, v in space_entities(space).items() if k != "res"}
         spatial = t1w_uri if which == "T1w" else template_ref
         in_space = ents | space_entities(space)
         label = space_label(space)

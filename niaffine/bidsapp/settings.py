@@ -17,26 +17,34 @@ import datetime as _dt
 import json
 import logging
 import os
-import re
 import uuid
 from pathlib import Path
 
-from niaffine import __version__
+from niaffine import __version__, choices
+from niaffine import spaces as sp
 from niaffine.bidsapp import errors
 from niaffine.bidsapp.parser import ANALYSIS_LEVELS
 from niaffine.io import is_inside
+from niaffine.spaces import Space, template_label  # noqa: F401  (template_label: re-export)
 from niaffine.threads import available_cpus
 
 LOGGER = logging.getLogger("niaffine.bidsapp")
-BUILTIN_TEMPLATES = ("MNI152NLin2009aSym",)
+#: The default ``--output-spaces`` (:data:`niaffine.choices.DEFAULT_SPACES`), parsed.
+DEFAULT_SPACES = sp.parse_spaces(choices.DEFAULT_SPACES)
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Everything one run needs to know, immutable once checked.
 
-    Paths are absolute. ``template_space`` is ``None`` when only T1w space is
-    requested; ``template`` is a path only for a user template.
+    Paths are absolute. ``spaces`` holds every output space (:class:`niaffine.spaces.Space`,
+    ``T1w`` first). ``output_spaces``, ``template_space``, ``template`` and
+    ``template_mask`` are the single-template view the workflows take today, of the first
+    template space: ``output_spaces`` is ``("T1w", <its name>)``, ``template_space`` its name
+    (``None`` when only T1w space is requested), ``template`` a path for a user template or
+    a TemplateFlow template (the image on the space's output grid, ``template_mask`` its
+    brain mask), ``None`` for the built-in MNI152NLin2009aSym. ``ignored_options`` are the
+    fMRIPrep options accepted without effect.
     """
 
     bids_dir: Path
@@ -48,13 +56,14 @@ class Settings:
     bids_filters: dict = dataclasses.field(default_factory=dict)
     skip_bids_validation: bool = False
     bids_database_dir: Path | None = None
-    modalities: tuple[str, ...] = ("T2w", "FLAIR", "PDw", "bold", "dwi")
-    output_spaces: tuple[str, ...] = ("T1w", "MNI152NLin2009aSym")
-    template_space: str | None = "MNI152NLin2009aSym"
+    modalities: tuple[str, ...] = choices.MODALITIES
+    spaces: tuple[Space, ...] = DEFAULT_SPACES
+    output_spaces: tuple[str, ...] = choices.DEFAULT_SPACES
+    template_space: str | None = sp.BUILTIN_TEMPLATE
     template: Path | None = None
     template_mask: Path | None = None
-    dof: int = 12
-    dof_coreg: int = 6
+    dof: int = choices.DEFAULT_DOF
+    dof_coreg: int = choices.DEFAULT_DOF_COREG
     metric: str = "auto"
     resample_bold: bool = False
     hmc: bool = True
@@ -70,6 +79,7 @@ class Settings:
     use_plugin: Path | None = None
     stop_on_first_crash: bool = False
     random_seed: int = 0
+    ignored_options: tuple[str, ...] = ()
     verbose: int = 0
     run_uuid: str = ""
     version: str = __version__
@@ -94,7 +104,7 @@ class Settings:
 
 
 def _plain(value):
-    if isinstance(value, Path):
+    if isinstance(value, Path | Space):
         return str(value)
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
@@ -116,25 +126,6 @@ def _toml_value(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def template_label(path: Path) -> str:
-    """Space label of a user template file: ``tpl-<label>`` if present, else the stem.
-
-    Examples
-    --------
-    >>> template_label(Path("/x/tpl-MyTpl_res-1_T1w.nii.gz"))
-    'MyTpl'
-    >>> template_label(Path("/x/my_template-v2.nii"))
-    'mytemplatev2'
-    """
-    name = path.name
-    match = re.search(r"(?:^|_)tpl-([A-Za-z0-9]+)", name)
-    if match:
-        return match.group(1)
-    stem = re.sub(r"\.nii(\.gz)?$", "", name)
-    label = re.sub(r"[^A-Za-z0-9]", "", stem).lower()
-    return label or "custom"
 
 
 def check_output_placement(bids_dir: Path, output_dir: Path, work_dir: Path) -> None:
@@ -256,35 +247,66 @@ def resolve_device(device: str) -> str:
         raise errors.BidsAppError(str(exc), errors.EXIT_UNAVAILABLE) from None
 
 
-def _spaces(spaces, template_mask):
-    """Split ``--output-spaces`` into (labels, template label, user template path)."""
-    labels, template_space, template = [], None, None
-    for space in spaces:
-        if space == "T1w" or space in BUILTIN_TEMPLATES:
-            label = space
-        elif Path(space).is_file():
-            template = Path(space).resolve()
-            label = template_label(template)
-        else:
+def _spaces(args, *, resolve: bool) -> dict:
+    """Parse ``--output-spaces`` into Space objects and the single-template view.
+
+    With ``resolve``, every template space must be available locally (TemplateFlow home
+    or built in) at the resolutions it needs.
+
+    Raises
+    ------
+    BidsAppError
+        With code ``EXIT_USAGE`` (64), one line.
+    """
+    try:
+        spaces = sp.parse_spaces(args.output_spaces, template_mask=args.template_mask)
+        if resolve:
+            sp.check_spaces(spaces)
+        first = next((space for space in spaces if space.is_template), None)
+        template, mask = None, None
+        if first is not None and first.kind == "file":
+            template, mask = first.path, first.mask
+        elif first is not None and resolve:
+            found = sp.resolve_template(first, first.output_res())
+            if found.source == "templateflow":
+                template, mask = found.t1w, found.mask
+    except sp.SpaceError as exc:
+        raise errors.BidsAppError(str(exc), errors.EXIT_USAGE) from None
+    return {"spaces": spaces, "template": template, "template_mask": mask,
+            "template_space": first.name if first else None,
+            "output_spaces": ("T1w",) + ((first.name,) if first else ())}
+
+
+def _selection(args) -> dict:
+    """Modalities and filters, with fMRIPrep's ``--anat-only``, ``--ignore``, ``--task-id``."""
+    drop = {"t2w": "T2w", "flair": "FLAIR"}
+    left_out = {drop[what] for what in args.ignore if what in drop}
+    if args.anat_only:
+        left_out |= {"bold", "dwi"}
+    modalities = tuple(m for m in dict.fromkeys(args.modalities) if m not in left_out)
+    filters = {key: dict(value) for key, value in (args.bids_filters or {}).items()}
+    if args.task_id:
+        given = filters.setdefault("bold", {}).setdefault("task", args.task_id)
+        if given != args.task_id:
             raise errors.BidsAppError(
-                f"unknown output space {space!r}: use T1w, {', '.join(BUILTIN_TEMPLATES)} or "
-                "the path of a template NIfTI", errors.EXIT_USAGE)
-        if label != "T1w":
-            if template_space is not None and template_space != label:
-                raise errors.BidsAppError(
-                    f"only one template space per run (got {template_space} and {label})",
-                    errors.EXIT_USAGE)
-            template_space = label
-        if label not in labels:
-            labels.append(label)
-    if "T1w" not in labels:
-        labels.insert(0, "T1w")  # the T1w-space derivatives are always written
-    if template_mask is not None and template is None:
+                f"--task-id {args.task_id} conflicts with the filter file's bold task "
+                f"{given!r}", errors.EXIT_USAGE)
+    return {"modalities": modalities, "bids_filters": filters}
+
+
+def _ignored(args) -> tuple[str, ...]:
+    """The fMRIPrep options given that change nothing; refuse ``--boilerplate-only``."""
+    if args.boilerplate_only:
         raise errors.BidsAppError(
-            "--template-mask needs a user template path in --output-spaces", errors.EXIT_USAGE)
-    if template_mask is not None and not Path(template_mask).is_file():
-        raise errors.BidsAppError(f"template mask not found: {template_mask}", errors.EXIT_USAGE)
-    return tuple(labels), template_space, template
+            "--boilerplate-only: niaffine writes no citation boilerplate (the reports list "
+            "every registration's settings); drop the option", errors.EXIT_USAGE)
+    ignored = list(args.ignored or [])
+    if args.output_layout != "bids":
+        ignored.append(f"--output-layout {args.output_layout}")
+    if ignored:
+        LOGGER.warning("fMRIPrep options accepted and ignored (niaffine has no use for them): "
+                       "%s", " ".join(ignored))
+    return tuple(ignored)
 
 
 def from_args(args, *, check_device: bool = True) -> Settings:
@@ -327,7 +349,8 @@ def from_args(args, *, check_device: bool = True) -> Settings:
     device = args.device
     if check_device and participant and not args.reports_only:
         device = resolve_device(device)  # before anything is created or written
-    spaces, template_space, template = _spaces(args.output_spaces, args.template_mask)
+    spaces = _spaces(args, resolve=participant and not args.reports_only)
+    ignored = _ignored(args)
     if args.use_plugin is not None and not Path(args.use_plugin).is_file():
         raise errors.BidsAppError(f"plugin file not found: {args.use_plugin}", errors.EXIT_USAGE)
     check_writable(output_dir, "output_dir")
@@ -342,14 +365,10 @@ def from_args(args, *, check_device: bool = True) -> Settings:
         work_dir=work_dir,
         participant_label=tuple(dict.fromkeys(args.participant_label or ())),
         session_label=tuple(dict.fromkeys(args.session_label or ())),
-        bids_filters=dict(args.bids_filters or {}),
         skip_bids_validation=bool(args.skip_bids_validation),
         bids_database_dir=database_dir,
-        modalities=tuple(dict.fromkeys(args.modalities)),
-        output_spaces=spaces,
-        template_space=template_space,
-        template=template,
-        template_mask=Path(args.template_mask).resolve() if args.template_mask else None,
+        **_selection(args),
+        **spaces,
         dof=args.dof,
         dof_coreg=args.dof_coreg,
         metric=args.metric,
@@ -367,6 +386,7 @@ def from_args(args, *, check_device: bool = True) -> Settings:
         use_plugin=Path(args.use_plugin).resolve() if args.use_plugin else None,
         stop_on_first_crash=bool(args.stop_on_first_crash),
         random_seed=args.random_seed,
+        ignored_options=ignored,
         verbose=args.verbose,
         run_uuid=f"{stamp}_{uuid.uuid4().hex[:8]}",
     )

@@ -167,10 +167,10 @@ def _sink_anat(w: Writer, anat: Path, prefix: dict, t1w, outputs: dict, template
     facts = load_facts(outputs.get("template_run_facts"))
     space = space_entities(template_space)
     label = space["space"]
-    extra = {k: v for k, v in space.items() if k != "space"}  # res/cohort of the space
+    # one transform for every grid of the template: named without its res/cohort
     for key, src, dst in (("t1w2template_xfm", "T1w", label), ("template2t1w_xfm", label,
                                                                 "T1w")):
-        w.put(outputs.get(key), anat, prefix | extra | {"from": src, "to": dst, "mode": "image"},
+        w.put(outputs.get(key), anat, prefix | {"from": src, "to": dst, "mode": "image"},
               "xfm", ".txt", w.sidecar(t1w_src, facts,
                                        Description=f"Affine transform, {src} to {dst}"))
     w.put(outputs.get("t1w_template"), anat, prefix | space | {"desc": "preproc"}, "T1w",

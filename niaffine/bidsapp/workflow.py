@@ -75,6 +75,10 @@ def init_niaffine_wf(settings: Settings, subjects: list[dict]):
     if settings.resample_bold and settings.hmc:
         LOGGER.warning("--resample-bold has no effect: realigned BOLD series are always "
                        "resampled into the output spaces (it only applies with --no-hmc)")
+    # the sink names files from the template space's entities (res-N, cohort-M included)
+    template = next((space for space in settings.spaces if space.is_template), None)
+    template_space = template.entities() if template is not None and \
+        settings.template_space else settings.template_space
     batched = settings.batch_size > 1 and settings.template_space is not None
     singles = []
     by_subject: dict[str, list] = {}
@@ -103,7 +107,7 @@ def init_niaffine_wf(settings: Settings, subjects: list[dict]):
         singles.append(single)
         sink = pe.Node(
             SubjectSink(output_dir=str(settings.output_dir), bids_dir=str(settings.bids_dir),
-                        subject_data=data, template_space=settings.template_space),
+                        subject_data=data, template_space=template_space),
             name=name.replace("_wf", "_ds"), run_without_submitting=True)
         fields = [f for f in _outputnode_fields(single) if f in OUTPUT_FIELDS]
         workflow.connect([(single, sink, [(f"outputnode.{f}", f) for f in fields])])

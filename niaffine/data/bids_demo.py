@@ -33,9 +33,11 @@ import numpy as np
 from niaffine.data.geometry import direction_matrix, make_grid, random_affine, warp_to_grid
 from niaffine.data.synthetic import add_noise, add_scalp, bias_field, t2_like
 from niaffine.data.templates import load_mni_brain_mask, load_mni_gm, load_mni_t1, load_mni_wm
+from niaffine.spaces import BUILTIN_TEMPLATE
 
 LOGGER = logging.getLogger(__name__)
-TEMPLATE_SPACE = "MNI152NLin2009aSym"
+#: The space of the ground-truth template transforms: the built-in template (nilearn's MNI).
+TEMPLATE_SPACE = BUILTIN_TEMPLATE
 TR = 2.0
 
 

@@ -17,6 +17,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
+from niaffine.choices import DOFS
+
 LOGGER = logging.getLogger(__name__)
 
 __all__ = [
@@ -30,7 +32,6 @@ __all__ = [
     "max_displacement",
 ]
 
-_DOFS = (3, 6, 7, 9, 12)
 _AXIS_PAIRS = (("L", "R"), ("P", "A"), ("I", "S"))
 _CHUNK_VOXELS = 1 << 20
 """Output voxels resampled per `map_coordinates` call (bounds the coordinate arrays' memory)."""
@@ -105,8 +106,8 @@ def random_affine(
     >>> bool(np.allclose(m[:3, :3].T @ m[:3, :3], np.eye(3)))
     True
     """
-    if dof not in _DOFS:
-        raise ValueError(f"dof must be one of {_DOFS}, got {dof}")
+    if dof not in DOFS:
+        raise ValueError(f"dof must be one of {DOFS}, got {dof}")
     angles = np.deg2rad(max_rotation_deg) * rng.uniform(-1.0, 1.0, 3)
     translation = max_translation_mm * rng.uniform(-1.0, 1.0, 3)
     zooms = 1.0 + max_scale * rng.uniform(-1.0, 1.0, 3)

@@ -197,8 +197,9 @@ def _image(data: np.ndarray, affine: np.ndarray, tr: float) -> nib.Nifti1Image:
 
 
 def _common(rng, n_volumes, *, source_mm, voxel_size, orientation, oblique_deg, shape,
-            margin_mm, motion, placement_deg, placement_mm):
-    """Anatomy, grid, motion and true head matrices shared by BOLD and DWI series."""
+            margin_mm, motion, placement_deg, placement_mm, psf_fwhm):
+    """Anatomy, grid, motion, true head matrices and their settings (the ``info`` shared by
+    BOLD and DWI series; ``psf_fwhm`` defaults to the mean voxel size)."""
     arrays, src_affine = _anatomy(float(source_mm))
     brain = arrays[3] > 0.5
     centre = _brain_centre(brain, src_affine)
@@ -216,7 +217,14 @@ def _common(rng, n_volumes, *, source_mm, voxel_size, orientation, oblique_deg, 
     if len(motion) != n_volumes:
         raise ValueError(f"the motion path has {len(motion)} volumes, the series {n_volumes}")
     head = motion.matrices() @ placement
-    return arrays, src_affine, grid, shape, oblique, motion, head
+    voxels = np.broadcast_to(np.asarray(voxel_size, dtype=float), (3,))
+    info = {
+        "n_volumes": int(n_volumes), "shape": list(shape), "voxel_size": voxels.tolist(),
+        "orientation": orientation, "oblique_deg": np.atleast_1d(oblique).astype(float).tolist(),
+        "psf_fwhm": float(voxels.mean()) if psf_fwhm is None else psf_fwhm,
+        "source_mm": source_mm, "jumps": list(motion.jumps),
+    }
+    return arrays, src_affine, grid, shape, motion, head, info
 
 
 def _masks(arrays, src_affine, head0, grid, shape):
@@ -295,17 +303,16 @@ def make_bold_series(
     """
     if contrast not in ("T2", "T1"):
         raise ValueError(f"contrast must be T2 or T1, got {contrast!r}")
-    arrays, src_affine, grid, shape, oblique, motion, head = _common(
+    arrays, src_affine, grid, shape, motion, head, geometry = _common(
         rng, n_volumes, source_mm=source_mm, voxel_size=voxel_size, orientation=orientation,
         oblique_deg=oblique_deg, shape=shape, margin_mm=margin_mm, motion=motion,
-        placement_deg=placement_deg, placement_mm=placement_mm)
+        placement_deg=placement_deg, placement_mm=placement_mm, psf_fwhm=psf_fwhm)
     t1, _, _, brain, t2 = arrays
     base = np.array(t2 if contrast == "T2" else t1, dtype=np.float32)
     reference_level = float(np.percentile(base[brain > 0.5], 99))
     if scalp > 0:
         base += scalp * reference_level * _shell(brain > 0.5, src_affine, rng)
-    fwhm = float(np.mean(np.broadcast_to(voxel_size, (3,)))) if psf_fwhm is None else psf_fwhm
-    base = _psf(base, src_affine, fwhm)
+    base = _psf(base, src_affine, geometry["psf_fwhm"])
     source = nib.Nifti1Image(base, src_affine)
     field_ = bias_field(shape, rng, strength=bias) if bias > 0 else np.ones(shape, np.float32)
     scale = _drift(n_volumes, drift, rng)
@@ -315,13 +322,8 @@ def make_bold_series(
         vol = np.asarray(warp_to_grid(source, head[t], grid, shape, order=1).dataobj)
         data[..., t] = _noisy(vol * field_ * scale[t], sigma, rng)
     anatomy_mask, mask = _masks(arrays, src_affine, head[0], grid, shape)
-    info = {
-        "kind": "bold", "n_volumes": int(n_volumes), "shape": list(shape),
-        "voxel_size": np.broadcast_to(voxel_size, (3,)).astype(float).tolist(),
-        "orientation": orientation, "oblique_deg": np.atleast_1d(oblique).astype(float).tolist(),
-        "contrast": contrast, "noise": noise, "drift": drift, "bias": bias, "scalp": scalp,
-        "psf_fwhm": fwhm, "source_mm": source_mm, "jumps": list(motion.jumps),
-    }
+    info = {"kind": "bold", **geometry, "contrast": contrast, "noise": noise, "drift": drift,
+            "bias": bias, "scalp": scalp}
     LOGGER.debug("simulated BOLD series: %s", info)
     return SeriesCase(_image(data, grid, tr), head, head.copy(), anatomy_mask, mask, motion,
                       kind="bold", info=info)
@@ -415,17 +417,17 @@ psf_fwhm, source_mm, placement_deg, placement_mm
     for t in range(n_volumes):
         if t not in b0_at:
             bvals[t], world_dirs[t] = next(it)
-    arrays, src_affine, grid, shape, oblique, motion, head = _common(
+    arrays, src_affine, grid, shape, motion, head, geometry = _common(
         rng, n_volumes, source_mm=source_mm, voxel_size=voxel_size, orientation=orientation,
         oblique_deg=oblique_deg, shape=shape, margin_mm=margin_mm, motion=motion,
-        placement_deg=placement_deg, placement_mm=placement_mm)
+        placement_deg=placement_deg, placement_mm=placement_mm, psf_fwhm=psf_fwhm)
     t1, gm, wm, brain, _ = arrays
     inside = brain > 0.5
     gm_p, wm_p = gm / 255.0, wm / 255.0
     csf = np.clip(inside - gm_p - wm_p, 0.0, 1.0)
     detail = 0.1 * (1.0 - t1 / max(float(t1.max()), 1e-6)) * inside
     fibres = _fibre_field(t1.shape, rng)
-    fwhm = float(np.mean(np.broadcast_to(voxel_size, (3,)))) if psf_fwhm is None else psf_fwhm
+    fwhm = geometry["psf_fwhm"]
 
     pe = grid[:3, pe_axis] / np.linalg.norm(grid[:3, pe_axis])
     fov_centre = nib.affines.apply_affine(grid, (np.array(shape) - 1) / 2.0)
@@ -465,15 +467,9 @@ psf_fwhm, source_mm, placement_deg, placement_mm
     bvecs = np.zeros((3, n_volumes))
     weighted_at = bvals > 0
     bvecs[:, weighted_at] = world_to_bvecs(world_dirs[weighted_at], grid)
-    info = {
-        "kind": "dwi", "n_volumes": n_volumes, "shape": list(shape),
-        "voxel_size": np.broadcast_to(voxel_size, (3,)).astype(float).tolist(),
-        "orientation": orientation, "oblique_deg": np.atleast_1d(oblique).astype(float).tolist(),
-        "b0_volumes": b0_at.tolist(), "bvalues": shells.tolist(), "pe_axis": int(pe_axis),
-        "eddy_scale": eddy_scale, "eddy_shift_mm": eddy_shift_mm, "noise": noise,
-        "drift": drift, "bias": bias, "psf_fwhm": fwhm, "source_mm": source_mm,
-        "jumps": list(motion.jumps),
-    }
+    info = {"kind": "dwi", **geometry, "b0_volumes": b0_at.tolist(), "bvalues": shells.tolist(),
+            "pe_axis": int(pe_axis), "eddy_scale": eddy_scale, "eddy_shift_mm": eddy_shift_mm,
+            "noise": noise, "drift": drift, "bias": bias}
     LOGGER.debug("simulated DWI series: %s", info)
     return SeriesCase(_image(data, grid, 1.0), true, head, anatomy_mask, mask, motion,
                       bvals=bvals, bvecs=bvecs, kind="dwi", info=info)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage as ndi
+
+from niaffine.masks import largest_component
 
 LOGGER = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ __all__ = [
     "load_mni_t1",
     "load_mni_gm",
     "load_mni_wm",
+    "load_mni_tissue",
     "load_mni_brain_mask",
 ]
 
@@ -123,14 +125,7 @@ def _brain_mask_from(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> np.ndarr
     """Brain mask from the skull-stripped T1 and the tissue maps (see `load_mni_brain_mask`)."""
     full_scale = max(float(gm.max()), float(wm.max()), 1.0)
     tissue = (gm + wm) >= _TISSUE_THRESHOLD * full_scale
-    mask = (t1 > 0) | tissue
-    labels, n_labels = ndi.label(mask)
-    if n_labels > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        mask = labels == int(np.argmax(sizes))
-    mask = ndi.binary_fill_holes(mask)
-    return mask.astype(np.uint8)
+    return largest_component((t1 > 0) | tissue).astype(np.uint8)
 
 
 def _image(data: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header) -> nib.Nifti1Image:
@@ -161,26 +156,31 @@ def load_mni_t1() -> nib.Nifti1Image:
     return _load("t1")
 
 
-def load_mni_gm() -> nib.Nifti1Image:
-    """MNI152 2009a symmetric grey-matter probability map at 1 mm.
+def load_mni_tissue(tissue: str) -> nib.Nifti1Image:
+    """MNI152 2009a symmetric grey- or white-matter probability map at 1 mm.
+
+    Parameters
+    ----------
+    tissue : {"gm", "wm"}
 
     Returns
     -------
     img : nibabel.Nifti1Image
         Float32 data in [0, 255] (255 = probability 1), on the grid of `load_mni_t1`.
     """
-    return _load("gm")
+    if tissue not in ("gm", "wm"):
+        raise ValueError(f"unknown tissue {tissue!r}; choose gm or wm")
+    return _load(tissue)
+
+
+def load_mni_gm() -> nib.Nifti1Image:
+    """Grey-matter probability map: ``load_mni_tissue("gm")``."""
+    return load_mni_tissue("gm")
 
 
 def load_mni_wm() -> nib.Nifti1Image:
-    """MNI152 2009a symmetric white-matter probability map at 1 mm.
-
-    Returns
-    -------
-    img : nibabel.Nifti1Image
-        Float32 data in [0, 255] (255 = probability 1), on the grid of `load_mni_t1`.
-    """
-    return _load("wm")
+    """White-matter probability map: ``load_mni_tissue("wm")``."""
+    return load_mni_tissue("wm")
 
 
 def load_mni_brain_mask() -> nib.Nifti1Image:

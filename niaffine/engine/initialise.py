@@ -9,11 +9,12 @@ import logging
 import numpy as np
 import torch
 
+from .. import choices
 from .frames import voxel_centres
 
 LOGGER = logging.getLogger(__name__)
 
-INITS = ("identity", "geometric", "com")
+INITS = choices.INITS  # identity, geometric (image centres), com (centres of mass)
 
 
 def geometric_centre(shape, affine) -> np.ndarray:

@@ -18,6 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .. import choices
+
 EPS = 1e-8
 
 
@@ -278,4 +280,5 @@ POINT_METRICS = {
     "nmi": lambda f, m, w: mutual_information(f, m, w, normalised=True),
     "cr": correlation_ratio,
 }
-METRICS = tuple(POINT_METRICS) + ("lncc",)
+#: Every metric name (:data:`niaffine.choices.METRICS`): the point metrics and ``lncc``.
+METRICS = choices.METRICS

@@ -21,25 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..choices import DOF_GROUPS, PARAMETER_GROUPS
 from ..errors import InputError
 
-#: Parameter groups switched on by each number of degrees of freedom, per dimensionality.
-DOF_GROUPS = {
-    3: {
-        3: ("translation",),
-        6: ("translation", "rotation"),
-        7: ("translation", "rotation", "zoom"),
-        9: ("translation", "rotation", "zoom"),
-        12: ("translation", "rotation", "zoom", "shear"),
-    },
-    2: {
-        2: ("translation",),
-        3: ("translation", "rotation"),
-        4: ("translation", "rotation", "zoom"),
-        6: ("translation", "rotation", "zoom", "shear"),
-    },
-}
-GROUPS = ("translation", "rotation", "zoom", "shear")
+#: Parameter groups (the dof table, :data:`DOF_GROUPS`, is in :mod:`niaffine.choices`).
+GROUPS = PARAMETER_GROUPS
 
 
 def group_sizes(ndim: int) -> dict[str, int]:

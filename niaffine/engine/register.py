@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from .. import choices
 from ..devices import resolve_device  # the one resolver, re-exported: engine.resolve_device
 from ..errors import DeviceMemoryError, InputError
 from ..presets import preset_options
@@ -44,6 +45,8 @@ DEFAULT_LEVELS_MM = (8.0, 4.0, 2.0, 1.0)
 FOREGROUND = 0.05
 #: Loss added per unit of overlap lost beyond half of a level's starting overlap.
 OVERLAP_PENALTY = 4.0
+#: Values of ``sampling``: where the metric samples the fixed image without a fixed mask.
+SAMPLING_REGIONS = choices.SAMPLING_REGIONS
 
 
 def register(fixed, moving, *, fixed_mask=None, moving_mask=None, initial_matrix=None,
@@ -117,6 +120,14 @@ def register_batch(fixed: Sequence, moving: Sequence, *, preset: str | None = No
         an artificial intensity step there, and a resampled or coarser moving image blurs it:
         mutual information then rates the moving brain as slightly too large (a ~0.2 % zoom
         bias). The inside of the brain carries the information. 0 disables it.
+    sampling : {"foreground", "image"}
+        Where the metric samples the fixed image when no fixed mask is given:
+        ``"foreground"`` (default), the fixed image's foreground (grown by two voxels when
+        ``edge_mm`` is 0), or ``"image"``, its whole grid, background included, as ANTs and
+        elastix sample. Between two skull-stripped brains (a subject to a template) the
+        background makes every sample that one brain covers and the other does not count,
+        so the outlines are matched from both sides; sampling the fixed foreground alone
+        does not see the moving brain where it overhangs the fixed one.
     max_samples : int or None
         Sample points per level and pair (``None``: every voxel in the sampling region).
     max_iterations : int or sequence of int
@@ -174,6 +185,7 @@ def _register_batch(
     levels_mm: Sequence[float] = DEFAULT_LEVELS_MM,
     smoothing_mm: float = 0.0,
     edge_mm: float = 3.0,
+    sampling: str = "foreground",
     max_samples: int | None = 100_000,
     max_iterations: int | Sequence[int] = 100,
     tolerance: float = 1e-6,
@@ -193,6 +205,8 @@ def _register_batch(
     if init not in INITS:
         raise InputError(f"init={init!r} is not one of {', '.join(INITS)}")
     loss_fn, metric_name = _resolve_metric(metric, bins)
+    if sampling not in SAMPLING_REGIONS:
+        raise InputError(f"sampling={sampling!r} is not one of {', '.join(SAMPLING_REGIONS)}")
     fix = [_normalised(as_volume(img, name="fixed image")) for img in fixed]
     mov = [_normalised(as_volume(img, name="moving image")) for img in moving]
     if len(fix) != len(mov) or not fix:
@@ -254,7 +268,7 @@ def _register_batch(
         problem = _level_problem(
             f_pyr[li], m_pyr[li], None if fm_pyr is None else fm_pyr[li],
             None if mm_pyr is None else mm_pyr[li], dense=metric_name == "lncc", edge_mm=edge_mm,
-            moving_extent=m_extents[li],
+            whole_image=sampling == "image", moving_extent=m_extents[li],
             max_samples=max_samples, generators=generators, device=dev,
         )
 
@@ -348,8 +362,10 @@ def _resolve_metric(metric, bins):
         return None, name
     if name not in M.POINT_METRICS:
         raise InputError(f"metric={metric!r} is not one of auto, {', '.join(M.METRICS)}")
-    if name == "mi":
-        return (lambda f, m, w: M.mutual_information(f, m, w, bins=bins)), name
+    if name in ("mi", "nmi"):
+        normalised = name == "nmi"
+        return (lambda f, m, w: M.mutual_information(f, m, w, bins=bins,
+                                                     normalised=normalised)), name
     if name == "cr":
         return (lambda f, m, w: M.correlation_ratio(f, m, w, bins=bins)), name
     return M.POINT_METRICS[name], name
@@ -415,13 +431,17 @@ def _radius(data: torch.Tensor, affine, centre) -> float:
 
 
 def _level_problem(fixed_level, moving_level, fmask_level, mmask_level, *, dense, edge_mm,
-                   moving_extent, max_samples, generators, device) -> LevelProblem:
+                   moving_extent, max_samples, generators, device,
+                   whole_image=False) -> LevelProblem:
     f_data, f_aff = fixed_level
     m_data, m_aff = moving_level
     spacing = float(np.min(np.sqrt((f_aff[0, :-1, :-1] ** 2).sum(axis=0))))
     band = int(round(edge_mm / spacing)) if spacing <= 2 * edge_mm else 0
     if fmask_level is not None:
         region = (fmask_level[0] > 0.5).float()
+    elif whole_image:
+        region = torch.ones_like(f_data[:, :1])
+        band = 0
     else:
         foreground = (f_data.sum(1, keepdim=True) > FOREGROUND).float()
         region = dilate(foreground, 2) if band == 0 else foreground

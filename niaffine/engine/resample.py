@@ -8,10 +8,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import choices
 from ..errors import InputError
 from .frames import voxel_to_grid
 
-ORDERS = {0: "nearest", 1: "linear", 3: "cubic"}
+ORDERS = {order: name for name, order in choices.INTERPOLATIONS.items()}
 
 
 def compose(matrices) -> np.ndarray:

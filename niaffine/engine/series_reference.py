@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import InputError
+from ..masks import largest_component
 from .resample import resample_array, voxel_map
 
 LOGGER = logging.getLogger(__name__)
@@ -189,13 +190,7 @@ def head_mask(ref_img, *, dilate_voxels: int = 2) -> nib.Nifti1Image:
     positive = smooth[smooth > 0]
     if positive.size == 0:
         return nib.Nifti1Image(np.ones(data.shape, np.uint8), ref_img.affine)
-    fg = smooth > _otsu(np.clip(positive, None, np.percentile(positive, 99.5)))
-    labels, count = ndi.label(fg)
-    if count > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        fg = labels == int(np.argmax(sizes))
-    fg = ndi.binary_fill_holes(fg)
+    fg = largest_component(smooth > _otsu(np.clip(positive, None, np.percentile(positive, 99.5))))
     if dilate_voxels > 0:
         fg = ndi.binary_dilation(fg, iterations=int(dilate_voxels))
     return nib.Nifti1Image(fg.astype(np.uint8), ref_img.affine)

@@ -32,7 +32,7 @@ from nipype.interfaces.base import (
 from niaffine.errors import DeviceMemoryError, InputError, RegistrationError
 
 from .common import NodeError, load_image, node_errors, resolve_device, torch_threads
-from .registration import INIT_FROM_ANTS, EngineInputSpec, write_registration
+from .registration import INIT_FROM_ANTS, EngineInputSpec
 
 LOGGER = logging.getLogger("niaffine.interfaces.batch")
 
@@ -121,11 +121,12 @@ def register_files_batch(
     num_threads: int | None = None,
     write_warped: bool = True,
     newpath: str | None = None,
-) -> list[dict | Exception]:
+) -> list[tuple | Exception]:
     """Register every moving image to ``fixed_image`` in one batch; write each one's outputs.
 
     Every item is registered with the options and seed it would get from
-    :func:`niaffine.interfaces.registration.register_files` alone.
+    :func:`niaffine.service.register_files` alone, and its outputs written by
+    :func:`niaffine.service.write_outputs` (named as ``AffineRegistration`` names them).
 
     Parameters
     ----------
@@ -137,21 +138,28 @@ def register_files_batch(
         Mask on the fixed grid.
     moving_image_masks : list of str, optional
         One mask per moving image, on its grid.
-    dof, metric, init, preset, device, seed, num_threads, write_warped, newpath
-        As :func:`niaffine.interfaces.registration.register_files`.
+    dof, metric, init, preset, device, seed, num_threads
+        As :class:`niaffine.service.RegistrationOptions`.
+    write_warped : bool
+        Also write each moving image resampled onto the fixed grid.
+    newpath : str, optional
+        Output folder (default: the working directory).
 
     Returns
     -------
     list
-        Per moving image, in order: the dict :func:`register_files` returns (its facts also
-        hold ``batch_size``, the number of images in the engine call that produced it), or
-        the exception that stopped that image.
+        Per moving image, in order: ``(OutputPaths, RunFacts)`` of what was written (the
+        facts' ``batch_size`` is the number of images in the engine call that produced
+        it), or the exception that stopped that image.
 
     Raises
     ------
     InputError
         The fixed image or its mask cannot be used (no item could be registered).
     """
+    from niaffine.runfacts import mask_volume_ml
+    from niaffine.service import OutputPaths, RegistrationOptions, write_outputs
+
     fixed = load_image(fixed_image, role="fixed image")
     fixed_mask = load_image(fixed_image_mask, role="fixed mask") if fixed_image_mask else None
     if moving_image_masks and len(moving_image_masks) != len(moving_images):
@@ -166,13 +174,14 @@ def register_files_batch(
         except InputError as err:
             loaded[k] = err
             movings.pop(k, None)
-    options = {"dof": int(dof), "init": init, "device": device, "seed": int(seed),
-               "preset": preset} | ({} if metric == "auto" else {"metric": metric})
+    options = RegistrationOptions(dof=dof, metric=metric, init=init, preset=preset,
+                                  device=device, seed=seed, num_threads=num_threads)
     with torch_threads(num_threads):
         if movings:
-            loaded.update(register_in_batches(fixed, movings, masks, fixed_mask, options))
+            loaded.update(register_in_batches(fixed, movings, masks, fixed_mask,
+                                               options.engine_options()))
         prefixes = _unique_prefixes(moving_images)
-        outputs: list[dict | Exception] = []
+        outputs: list[tuple | Exception] = []
         for k, path in enumerate(moving_images):
             found = loaded[k]
             if isinstance(found, Exception):
@@ -182,12 +191,15 @@ def register_files_batch(
             result, batch_size = found
             LOGGER.info("%s -> %s (batch of %d): %s", path, fixed_image, batch_size,
                         result.summary())
-            outputs.append(write_registration(
-                result, fixed=fixed, moving=movings[k], fixed_image=fixed_image,
-                moving_image=path, fixed_mask=fixed_mask, device=device,
-                write_warped=write_warped, newpath=newpath, prefix=prefixes[k],
-                extra={"initialization": init, "seed": int(seed), "batch_size": batch_size},
-            ))
+            paths = OutputPaths.named_after(path, newpath or ".", prefix=prefixes[k],
+                                            warped=write_warped)
+            facts = write_outputs(result, fixed=fixed, moving=movings[k], outputs=paths, facts={
+                "source": path, "target": fixed_image, "options": options,
+                "fixed_mask": fixed_image_mask,
+                "moving_mask": moving_image_masks[k] if moving_image_masks else None,
+                "mask_volume_ml": None if fixed_mask is None else mask_volume_ml(fixed_mask),
+                "batch_size": batch_size})
+            outputs.append((paths, facts))
     return outputs
 
 
@@ -260,11 +272,12 @@ class BatchAffineRegistration(SimpleInterface):
             )
 
         def field(key):
-            return [None if isinstance(out, Exception) else out[key] for out in outputs]
+            return [None if isinstance(out, Exception) or getattr(out[0], key) is None
+                    else str(getattr(out[0], key)) for out in outputs]
 
         self._results.update(
-            composite_transforms=field("forward_transform"),
-            inverse_composite_transforms=field("reverse_transform"),
+            composite_transforms=field("transform"),
+            inverse_composite_transforms=field("inverse_transform"),
             warped_images=field("warped_image"),
             run_facts=field("run_facts"),
             errors=[str(out).splitlines()[0] if isinstance(out, Exception) else ""

@@ -16,7 +16,15 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from .common import derived_name, load_image, node_errors, resolve_device, torch_threads
+from .common import (
+    derived_name,
+    device_trait,
+    load_image,
+    node_errors,
+    resolve_device,
+    torch_threads,
+    use_gpu_trait,
+)
 
 LOGGER = logging.getLogger("niaffine.interfaces.brainmask")
 
@@ -42,15 +50,9 @@ def mask_from_stripped(data: np.ndarray) -> np.ndarray:
     >>> int(m.sum()), bool(m[4, 4, 4]), bool(m[0, 0, 0])
     (125, True, False)
     """
-    from scipy import ndimage
+    from niaffine.masks import largest_component
 
-    mask = np.abs(np.nan_to_num(data)) > 0
-    labels, n_labels = ndimage.label(mask)
-    if n_labels > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        mask = labels == int(sizes.argmax())
-    return ndimage.binary_fill_holes(mask)
+    return largest_component(np.abs(np.nan_to_num(data)) > 0)
 
 
 def extract_brain(
@@ -134,10 +136,8 @@ class _BrainExtractionInputSpec(BaseInterfaceInputSpec):
     threshold = traits.Range(
         low=0.0, high=1.0, value=0.5, usedefault=True, desc="threshold on brain probability"
     )
-    device = traits.Str("cpu", usedefault=True, desc="torch device: cpu, cuda, cuda:N or auto")
-    use_gpu = traits.Bool(
-        False, usedefault=True, desc="run on CUDA (marks the node for nipype's GPU slots)"
-    )
+    device = device_trait()
+    use_gpu = use_gpu_trait()
     num_threads = traits.Int(1, usedefault=True, desc="torch CPU threads")
 
 

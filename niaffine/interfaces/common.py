@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from niaffine import choices
 from niaffine.errors import InputError
 
 LOGGER = logging.getLogger("niaffine.interfaces")
@@ -83,6 +84,28 @@ def derived_name(
     """
     stem, _ = split_nifti_name(in_file)
     return str(Path(newpath or os.getcwd()).absolute() / f"{stem}{suffix}{ext}")
+
+
+def device_trait():
+    """The ``device`` input of an interface that runs torch (:data:`niaffine.choices.DEVICE_CHOICES`).
+
+    Examples
+    --------
+    >>> device_trait().default_value
+    'cpu'
+    """
+    from nipype.interfaces.base import traits
+
+    return traits.Str("cpu", usedefault=True,
+                      desc=f"torch device: {', '.join(choices.DEVICE_CHOICES)}")
+
+
+def use_gpu_trait():
+    """The ``use_gpu`` input: CUDA, and a slot of nipype MultiProc's ``n_gpu_procs``."""
+    from nipype.interfaces.base import traits
+
+    return traits.Bool(False, usedefault=True,
+                       desc="run on CUDA (marks the node for nipype's GPU slots)")
 
 
 def resolve_device(device: str = "cpu", use_gpu: bool = False) -> str:

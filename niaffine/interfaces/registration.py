@@ -1,23 +1,23 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Affine registration of two image files with niaffine's engine.
+"""Affine registration of two image files with niaffine's engine, a drop-in for ANTs.
 
-Input and output names follow nipype's ANTs ``Registration`` where the meaning is the
-same (``fixed_image``, ``moving_image``, ``fixed_image_mask``, ``initial_moving_transform``,
-``initial_moving_transform_com``, ``random_seed``, ``num_threads``, ``warped_image``,
-``forward_transforms``, ``reverse_transforms``, ``metric_value``, ``elapsed_time``), so the
-interface drops into graphs written for ANTs.
+:class:`AffineRegistration` takes the ``.inputs`` of nipype's ANTs ``Registration`` where
+the meaning is the same (see :mod:`niaffine.interfaces.antscompat` for what is used, what
+is ignored with a notice and what is an error) and gives its outputs with ANTs' meaning:
+``forward_transforms`` with ``forward_invert_flags`` resample the moving image into fixed
+space with ``ApplyTransforms`` (or :class:`~niaffine.interfaces.resampling.ApplyAffine`),
+``reverse_transforms`` with ``reverse_invert_flags`` the fixed image into moving space.
+The run itself is :func:`niaffine.service.register_files`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 
-import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
+    InputMultiObject,
     SimpleInterface,
     TraitedSpec,
     isdefined,
@@ -26,240 +26,18 @@ from nipype.interfaces.base import (
 
 from niaffine.presets import PRESETS
 
-from .common import derived_name, load_image, node_errors, resolve_device, torch_threads
+from . import antscompat
+from .common import node_errors, resolve_device
 
 LOGGER = logging.getLogger("niaffine.interfaces.registration")
 
 #: ANTs' ``initial_moving_transform_com`` codes and the engine's ``init`` names.
 INIT_FROM_ANTS = {0: "geometric", 1: "com", 2: "identity"}
-
-
-def mask_volume_ml(mask_img) -> float:
-    """Volume of the nonzero voxels of a mask image, in millilitres.
-
-    Examples
-    --------
-    >>> import nibabel as nb
-    >>> mask_volume_ml(nb.Nifti1Image(np.ones((10, 10, 10), np.uint8), np.diag([2, 2, 2, 1])))
-    8.0
-    """
-    voxels = int(np.count_nonzero(np.asanyarray(mask_img.dataobj)))
-    return float(voxels * np.prod(mask_img.header.get_zooms()[:3]) / 1000.0)
-
-
-def run_facts(result, *, source: str, target: str, mask_ml: float | None, extra=None) -> dict:
-    """JSON-safe facts of one registration run.
-
-    Keys: ``source``, ``target``, ``metric``, ``final_metric``, ``dof``, ``iterations`` (all
-    levels), ``elapsed_s``, ``mask_volume_ml``, then ``device``, ``matrix`` and what the
-    engine's ``to_dict()`` adds (``levels`` with the metric per level, parameter groups),
-    and anything in ``extra``.
-    """
-    levels = getattr(result, "levels", None) or []
-    iterations = 0
-    for level in levels:
-        value = level.get("iterations", 0) if isinstance(level, dict) else getattr(
-            level, "iterations", 0
-        )
-        iterations += int(value or 0)
-    facts = dict(result.to_dict()) if hasattr(result, "to_dict") else {}
-    facts.update({
-        "source": str(source),
-        "target": str(target),
-        "metric": str(result.metric),
-        "final_metric": float(result.final_metric),
-        "dof": int(result.dof),
-        "iterations": iterations,
-        "elapsed_s": float(result.elapsed_s),
-        "mask_volume_ml": mask_ml,
-        "device": str(getattr(result, "device", "")),
-        "matrix": np.asarray(result.matrix, dtype=float).tolist(),
-    })
-    facts.update(extra or {})
-    return facts
-
-
-def register_files(
-    fixed_image: str,
-    moving_image: str,
-    *,
-    fixed_image_mask: str | None = None,
-    moving_image_mask: str | None = None,
-    dof: int = 12,
-    metric: str = "auto",
-    init: str = "com",
-    initial_moving_transform: str | None = None,
-    rotation_search: bool | str = "auto",
-    levels_mm: tuple[float, ...] | None = None,
-    preset: str = "default",
-    device: str = "cpu",
-    seed: int = 0,
-    num_threads: int | None = None,
-    write_warped: bool = True,
-    newpath: str | None = None,
-) -> dict:
-    """Register ``moving_image`` to ``fixed_image`` and write transforms, moved image and facts.
-
-    Parameters
-    ----------
-    fixed_image, moving_image : str
-        3D images.
-    fixed_image_mask, moving_image_mask : str, optional
-        Masks on the grids of their images; the metric is evaluated inside them.
-    dof : {3, 6, 7, 9, 12}
-        Degrees of freedom (translation, rigid, + isotropic zoom, + zooms, + shears).
-    metric : str
-        ``mi``, ``cr``, ``ncc``, ``lncc``, ``mse`` or ``auto``.
-    init : {"com", "geometric", "identity"}
-        Initial alignment when no ``initial_moving_transform`` is given.
-    initial_moving_transform : str, optional
-        A transform file (ITK ``.txt``/``.tfm``, FSL ``.mat`` or ``.lta``) mapping fixed to
-        moving points, the starting point of the optimisation.
-    rotation_search : bool or "auto"
-        Search over coarse rotations: ``"auto"`` only when the inputs turn out badly
-        misaligned, ``True`` always, ``False`` never.
-    levels_mm : tuple of float, optional
-        Pyramid spacings in mm, coarse to fine (the engine's default when ``None``).
-    preset : str
-        Engine preset (:data:`niaffine.engine.PRESETS`): ``template`` for brain-to-template
-        normalisation; the metric and levels given here win over it.
-    device : str
-        Torch device.
-    seed : int
-        Random seed (sampling).
-    num_threads : int, optional
-        Torch CPU threads.
-    write_warped : bool
-        Also write the moving image resampled onto the fixed grid.
-    newpath : str, optional
-        Output folder (default: the working directory).
-
-    Returns
-    -------
-    dict
-        ``forward_transform`` (ITK text, fixed -> moving points: resamples the moving image
-        into fixed space), ``reverse_transform``, ``warped_image`` (or ``None``),
-        ``run_facts`` (JSON file), ``facts`` (the same as a dict) and ``result`` (the
-        engine's ``RegistrationResult``).
-    """
-    from niaffine.engine import register
-    from niaffine.io import load_transform
-
-    fixed = load_image(fixed_image, role="fixed image", ndim=(2, 3))
-    moving = load_image(moving_image, role="moving image", ndim=(2, 3))
-    fixed_mask = moving_mask = None
-    if fixed_image_mask:
-        fixed_mask = load_image(fixed_image_mask, role="fixed mask", ndim=(2, 3))
-    if moving_image_mask:
-        moving_mask = load_image(moving_image_mask, role="moving mask", ndim=(2, 3))
-    options = {} if metric == "auto" else {"metric": metric}
-    if levels_mm:
-        options["levels_mm"] = tuple(float(v) for v in levels_mm)
-    initial_matrix = None
-    if initial_moving_transform:
-        initial_matrix = load_transform(
-            initial_moving_transform, reference=fixed, moving=moving
-        )
-
-    with torch_threads(num_threads):
-        result = register(
-            fixed,
-            moving,
-            dof=int(dof),
-            preset=preset,
-            fixed_mask=fixed_mask,
-            moving_mask=moving_mask,
-            init=init,
-            initial_matrix=initial_matrix,
-            rotation_search=rotation_search if rotation_search == "auto" else bool(rotation_search),
-            device=device,
-            seed=int(seed),
-            **options,
-        )
-        LOGGER.info("%s -> %s: %s", moving_image, fixed_image, result.summary())
-        return write_registration(
-            result, fixed=fixed, moving=moving, fixed_image=fixed_image,
-            moving_image=moving_image, fixed_mask=fixed_mask, device=device,
-            write_warped=write_warped, newpath=newpath,
-            extra={"initialization": "transform" if initial_matrix is not None else init,
-                   "seed": int(seed)},
-        )
-
-
-def write_registration(
-    result,
-    *,
-    fixed,
-    moving,
-    fixed_image: str,
-    moving_image: str,
-    fixed_mask=None,
-    device: str = "cpu",
-    write_warped: bool = True,
-    newpath: str | None = None,
-    prefix: str = "",
-    extra: dict | None = None,
-) -> dict:
-    """Write the transforms, moved image and run facts of one registration result.
-
-    Parameters
-    ----------
-    result : RegistrationResult
-        The engine's result for ``moving`` registered to ``fixed``.
-    fixed, moving : nibabel images
-        The loaded images.
-    fixed_image, moving_image : str
-        Their paths (output names derive from ``moving_image``; both go into the facts).
-    fixed_mask : nibabel image, optional
-        Its volume goes into the facts.
-    device : str
-        Device of the resampling.
-    write_warped : bool
-        Also write the moving image resampled onto the fixed grid.
-    newpath : str, optional
-        Output folder (default: the working directory).
-    prefix : str
-        Put before every output name (keeps the outputs of same-named inputs apart).
-    extra : dict, optional
-        More run facts.
-
-    Returns
-    -------
-    dict
-        As :func:`register_files`.
-    """
-    from niaffine.engine import resample_image
-    from niaffine.io import save_transform
-
-    def out(suffix, ext):
-        path = derived_name(moving_image, suffix, ext, newpath)
-        return os.path.join(os.path.dirname(path), prefix + os.path.basename(path))
-
-    forward, reverse = out("_xfm", ".txt"), out("_inverse_xfm", ".txt")
-    save_transform(result.matrix, forward, reference=fixed, moving=moving)
-    save_transform(np.linalg.inv(result.matrix), reverse, reference=moving, moving=fixed)
-    warped = None
-    if write_warped:
-        warped = out("_warped", ".nii.gz")
-        resample_image(moving, result.matrix, fixed, order=1, device=device).to_filename(warped)
-    facts = run_facts(
-        result,
-        source=moving_image,
-        target=fixed_image,
-        mask_ml=mask_volume_ml(fixed_mask) if fixed_mask is not None else None,
-        extra=extra,
-    )
-    facts_file = out("_registration", ".json")
-    with open(facts_file, "w", encoding="utf-8") as stream:
-        json.dump(facts, stream, indent=2)
-    return {
-        "forward_transform": forward,
-        "reverse_transform": reverse,
-        "warped_image": warped,
-        "run_facts": facts_file,
-        "facts": facts,
-        "result": result,
-    }
+#: Engine metric names (``auto``: the preset's).
+METRICS = ("auto", "mi", "nmi", "cr", "ncc", "lncc", "mse")
+_MULTI = ("multi-metric ANTs registration (several image pairs) has no meaning in "
+          "AffineRegistration: give one image (niaffine.engine.register takes channel lists)")
+_ANTS_METRICS = traits.Enum(*antscompat.METRIC_OF_ANTS, *antscompat.UNMAPPED_METRICS)
 
 
 class EngineInputSpec(BaseInterfaceInputSpec):
@@ -269,7 +47,7 @@ class EngineInputSpec(BaseInterfaceInputSpec):
     fixed_image_mask = File(exists=True, desc="mask on the fixed grid: metric evaluated inside")
     dof = traits.Enum(12, 9, 7, 6, 3, usedefault=True, desc="degrees of freedom")
     metric = traits.Enum(
-        "auto", "mi", "nmi", "cr", "ncc", "lncc", "mse", usedefault=True,
+        *METRICS, usedefault=True,
         desc="similarity metric (auto: the preset's, mutual information by default)",
     )
     preset = traits.Enum(
@@ -293,11 +71,43 @@ class EngineInputSpec(BaseInterfaceInputSpec):
 
 
 class _AffineRegistrationInputSpec(EngineInputSpec):
-    moving_image = File(exists=True, mandatory=True, desc="image that is aligned")
-    moving_image_mask = File(exists=True, desc="mask on the moving grid")
-    initial_moving_transform = File(
-        exists=True, desc="initial transform (ITK/FSL/LTA), fixed -> moving points"
-    )
+    fixed_image = InputMultiObject(
+        File(exists=True), mandatory=True,
+        desc="image the moving image is aligned to (ANTs' one-element list accepted)")
+    moving_image = InputMultiObject(
+        File(exists=True), mandatory=True, desc="image that is aligned (or a one-element list)")
+    fixed_image_mask = File(exists=True, xor=["fixed_image_masks"],
+                            desc="mask on the fixed grid: metric evaluated inside")
+    fixed_image_masks = InputMultiObject(
+        traits.Either(File(exists=True), traits.Enum("NULL")), xor=["fixed_image_mask"],
+        desc="ANTs' per-stage fixed masks: one mask (repeated per stage) or NULL")
+    moving_image_mask = File(exists=True, xor=["moving_image_masks"],
+                             desc="mask on the moving grid")
+    moving_image_masks = InputMultiObject(
+        traits.Either(File(exists=True), traits.Enum("NULL")), xor=["moving_image_mask"],
+        desc="ANTs' per-stage moving masks: one mask (repeated per stage) or NULL")
+    initial_moving_transform = InputMultiObject(
+        File(exists=True),
+        desc="initial transform(s) (ITK/FSL/LTA), fixed -> moving points; a list composes in "
+        "ANTs' order (the first listed applies first to fixed points)")
+    invert_initial_moving_transform = InputMultiObject(
+        traits.Bool(), requires=["initial_moving_transform"],
+        desc="invert the matching initial transform first")
+    metric = traits.Either(
+        traits.Enum(*METRICS), traits.List(traits.Either(_ANTS_METRICS,
+                                                         traits.List(_ANTS_METRICS))),
+        default="auto", usedefault=True,
+        desc="similarity metric (auto: the preset's), or ANTs' per-stage list (the last "
+        "stage's: MI/Mattes -> mi, GC -> ncc, CC -> lncc, MeanSquares -> mse)")
+    transforms = traits.List(
+        traits.Str(), desc="ANTs stages: Translation 3, Rigid 6, Similarity 7, Affine 12 dof "
+        "(the most of any stage, when dof keeps its default); deformable stages are an error")
+    output_warped_image = traits.Either(
+        traits.Bool(), File(), default=True, usedefault=True,
+        desc="write the moving image resampled onto the fixed grid (True, False or a name)")
+    output_inverse_warped_image = traits.Either(
+        traits.Bool(), File(), default=False, usedefault=True,
+        desc="write the fixed image resampled onto the moving grid (True, False or a name)")
     rotation_search = traits.Either(
         traits.Enum("auto"), traits.Bool, default="auto", usedefault=True,
         desc="search coarse rotations: 'auto' (when badly misaligned), True (always), False",
@@ -307,74 +117,126 @@ class _AffineRegistrationInputSpec(EngineInputSpec):
     )
 
 
+for _name, _why in antscompat.IGNORED.items():
+    _AffineRegistrationInputSpec.add_class_trait(
+        _name, traits.Any(nohash=True, desc=f"ANTs option, ignored with a notice: {_why}"))
+
+
 class _AffineRegistrationOutputSpec(TraitedSpec):
     forward_transforms = traits.List(
-        File(exists=True), desc="[composite_transform], as ANTs lists them"
-    )
-    reverse_transforms = traits.List(File(exists=True), desc="[inverse_composite_transform]")
+        File(exists=True), desc="[composite_transform]: moving into fixed space, ANTs' order")
+    forward_invert_flags = traits.List(traits.Bool(), desc="[False]")
+    reverse_forward_transforms = traits.List(
+        File(exists=True), desc="forward_transforms reversed (a one-item list: the same)")
+    reverse_forward_invert_flags = traits.List(traits.Bool(), desc="[False]")
+    reverse_transforms = traits.List(
+        File(exists=True), desc="[inverse_composite_transform]: fixed into moving space")
+    reverse_invert_flags = traits.List(
+        traits.Bool(), desc="[False]: the file is the inverse already (ANTs lists its forward "
+        "affine with True, which means the same)")
     composite_transform = File(
         exists=True, desc="ITK text transform, fixed -> moving points (moving into fixed space)"
     )
     inverse_composite_transform = File(exists=True, desc="ITK text transform, the inverse")
     warped_image = File(desc="moving image resampled onto the fixed grid")
+    inverse_warped_image = File(desc="fixed image resampled onto the moving grid")
     metric_value = traits.Float(desc="final metric value")
     elapsed_time = traits.Float(desc="seconds spent registering")
-    run_facts = File(exists=True, desc="JSON file of run facts")
+    run_facts = File(exists=True, desc="JSON file of run facts (niaffine.runfacts.RunFacts)")
+
+
+def _given(value):
+    return value if isdefined(value) else None
+
+
+def ants_options(inputs):
+    """:class:`~niaffine.service.RegistrationOptions` and file inputs from the interface's.
+
+    Returns
+    -------
+    options : RegistrationOptions
+    files : dict
+        ``fixed_image``, ``moving_image``, ``fixed_image_mask``, ``moving_image_mask``
+        (single paths or ``None``).
+    """
+    from niaffine.service import RegistrationOptions
+
+    ignored = antscompat.ignored_inputs(inputs)
+    if ignored:
+        LOGGER.info("AffineRegistration ignores these ANTs inputs: %s", "; ".join(ignored))
+    files = {
+        "fixed_image": antscompat.single(inputs.fixed_image, "fixed_image", why=_MULTI),
+        "moving_image": antscompat.single(inputs.moving_image, "moving_image", why=_MULTI),
+        "fixed_image_mask": antscompat.mask_of(_given(inputs.fixed_image_mask),
+                                               _given(inputs.fixed_image_masks),
+                                               "fixed_image_masks"),
+        "moving_image_mask": antscompat.mask_of(_given(inputs.moving_image_mask),
+                                                _given(inputs.moving_image_masks),
+                                                "moving_image_masks"),
+    }
+    options = RegistrationOptions(
+        dof=antscompat.dof_of_transforms(_given(inputs.transforms) or [], inputs.dof),
+        metric=antscompat.metric_of(inputs.metric),
+        init=INIT_FROM_ANTS[inputs.initial_moving_transform_com],
+        initial_transforms=tuple(_given(inputs.initial_moving_transform) or ()),
+        invert_initial=tuple(_given(inputs.invert_initial_moving_transform) or ()),
+        rotation_search=inputs.rotation_search,
+        levels_mm=tuple(_given(inputs.levels_mm) or ()) or None,
+        preset=inputs.preset,
+        device=resolve_device(inputs.device, inputs.use_gpu),
+        seed=inputs.random_seed,
+        num_threads=inputs.num_threads,
+    )
+    return options, files
 
 
 class AffineRegistration(SimpleInterface):
     """Affine (3 to 12 dof) registration with niaffine's PyTorch engine.
+
+    A drop-in for nipype's ``ants.Registration`` in affine graphs: the same input names
+    (``fixed_image`` as a one-element list, ``transforms=["Rigid"]``, ``metric=["Mattes"]``,
+    ``initial_moving_transform`` with ``invert_initial_moving_transform``...) and the same
+    outputs (``forward_transforms`` + ``forward_invert_flags`` for ``ApplyTransforms``).
 
     Examples
     --------
     >>> reg = AffineRegistration(dof=6, metric="mi")
     >>> reg.inputs.initial_moving_transform_com, reg.inputs.use_gpu
     (1, False)
+    >>> reg = AffineRegistration(fixed_image_masks=["NULL"], transforms=["Rigid", "Affine"],
+    ...                          metric=["Mattes", "Mattes"], number_of_iterations=[[10], [10]])
     """
 
     input_spec = _AffineRegistrationInputSpec
     output_spec = _AffineRegistrationOutputSpec
 
     def _run_interface(self, runtime):
+        from niaffine.service import OutputPaths, register_files
+
         inputs = self.inputs
-
-        def given(value):
-            return value if isdefined(value) else None
-
-        with node_errors(
-            "AffineRegistration",
-            moving_image=inputs.moving_image,
-            fixed_image=inputs.fixed_image,
-            fixed_image_mask=given(inputs.fixed_image_mask),
-            initial_moving_transform=given(inputs.initial_moving_transform),
-        ):
-            out = register_files(
-                inputs.fixed_image,
-                inputs.moving_image,
-                fixed_image_mask=given(inputs.fixed_image_mask),
-                moving_image_mask=given(inputs.moving_image_mask),
-                dof=inputs.dof,
-                metric=inputs.metric,
-                init=INIT_FROM_ANTS[inputs.initial_moving_transform_com],
-                initial_moving_transform=given(inputs.initial_moving_transform),
-                rotation_search=inputs.rotation_search,
-                levels_mm=given(inputs.levels_mm),
-                preset=inputs.preset,
-                device=resolve_device(inputs.device, inputs.use_gpu),
-                seed=inputs.random_seed,
-                num_threads=inputs.num_threads,
-                write_warped=inputs.output_warped_image,
-                newpath=runtime.cwd,
-            )
+        named = {"moving_image": inputs.moving_image, "fixed_image": inputs.fixed_image,
+                 "fixed_image_mask": _given(inputs.fixed_image_mask),
+                 "initial_moving_transform": _given(inputs.initial_moving_transform)}
+        named = {k: ", ".join(v) if isinstance(v, list) else v for k, v in named.items()}
+        with node_errors("AffineRegistration", **named):
+            options, files = ants_options(inputs)
+            paths = OutputPaths.named_after(
+                files["moving_image"], runtime.cwd, warped=inputs.output_warped_image,
+                inverse_warped=inputs.output_inverse_warped_image)
+            _, facts = register_files(files["fixed_image"], files["moving_image"],
+                                      outputs=paths, options=options,
+                                      fixed_image_mask=files["fixed_image_mask"],
+                                      moving_image_mask=files["moving_image_mask"])
+        forward, reverse = str(paths.transform), str(paths.inverse_transform)
         self._results.update(
-            forward_transforms=[out["forward_transform"]],
-            reverse_transforms=[out["reverse_transform"]],
-            composite_transform=out["forward_transform"],
-            inverse_composite_transform=out["reverse_transform"],
-            metric_value=out["facts"]["final_metric"],
-            elapsed_time=out["facts"]["elapsed_s"],
-            run_facts=out["run_facts"],
+            forward_transforms=[forward], forward_invert_flags=[False],
+            reverse_forward_transforms=[forward], reverse_forward_invert_flags=[False],
+            reverse_transforms=[reverse], reverse_invert_flags=[False],
+            composite_transform=forward, inverse_composite_transform=reverse,
+            metric_value=facts.final_metric, elapsed_time=facts.elapsed_s,
+            run_facts=str(paths.run_facts),
         )
-        if out["warped_image"]:
-            self._results["warped_image"] = out["warped_image"]
+        for name in ("warped_image", "inverse_warped_image"):
+            if getattr(paths, name) is not None:
+                self._results[name] = str(getattr(paths, name))
         return runtime

@@ -23,12 +23,23 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from .common import derived_name, load_image, node_errors, resolve_device, torch_threads
+from niaffine import choices
+
+from .common import (
+    derived_name,
+    device_trait,
+    load_image,
+    node_errors,
+    resolve_device,
+    torch_threads,
+    use_gpu_trait,
+)
 
 LOGGER = logging.getLogger("niaffine.interfaces.resampling")
 
-#: ANTs interpolation names and spline orders.
-INTERPOLATION_ORDER = {"NearestNeighbor": 0, "Linear": 1, "BSpline": 3}
+#: ANTs interpolation names and spline orders (:data:`niaffine.choices.ANTS_INTERPOLATIONS`).
+INTERPOLATION_ORDER = {ants: choices.INTERPOLATIONS[name]
+                       for ants, name in choices.ANTS_INTERPOLATIONS.items()}
 
 
 def compose_matrices(matrices, invert_flags=None) -> np.ndarray:
@@ -158,7 +169,7 @@ class _ApplyAffineInputSpec(BaseInterfaceInputSpec):
     )
     invert_transform_flags = InputMultiObject(traits.Bool(), desc="invert matching transform")
     interpolation = traits.Enum(
-        "Linear", "NearestNeighbor", "BSpline", usedefault=True,
+        *choices.ANTS_INTERPOLATIONS, usedefault=True,
         desc="interpolation (NearestNeighbor for label images)",
     )
     default_value = traits.Float(0.0, usedefault=True, desc="value outside the field of view")
@@ -167,10 +178,8 @@ class _ApplyAffineInputSpec(BaseInterfaceInputSpec):
         "_resampled", usedefault=True, desc="appended to the input's name for the output name"
     )
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="torch CPU threads")
-    device = traits.Str("cpu", usedefault=True, desc="torch device: cpu, cuda, cuda:N or auto")
-    use_gpu = traits.Bool(
-        False, usedefault=True, desc="run on CUDA (marks the node for nipype's GPU slots)"
-    )
+    device = device_trait()
+    use_gpu = use_gpu_trait()
 
 
 class _ApplyAffineOutputSpec(TraitedSpec):

@@ -45,3 +45,38 @@ def compute_settings(device: str, omp_nthreads: int) -> dict:
         "inputs": {"device": device, "use_gpu": gpu, "num_threads": threads},
         "n_procs": threads,
     }
+
+
+def registration_node(interface, *, dof, metric, seed, device, omp_nthreads, mem_gb,
+                      name="registration", **inputs):
+    """A node running a registration ``interface`` on ``device``, with its resources.
+
+    Parameters
+    ----------
+    interface : class
+        :class:`~niaffine.interfaces.registration.AffineRegistration` or the batched one.
+    dof, metric, seed
+        The interface's ``dof``, ``metric`` and ``random_seed``.
+    device, omp_nthreads
+        As :func:`compute_settings`.
+    mem_gb : float
+        Memory estimate of the node.
+    name : str
+        Node name.
+    **inputs
+        Further interface inputs (e.g. ``preset="template"``).
+
+    Examples
+    --------
+    >>> from niaffine.interfaces.registration import AffineRegistration
+    >>> node = registration_node(AffineRegistration, dof=6, metric="mi", seed=0,
+    ...                          device="cpu", omp_nthreads=2, mem_gb=1.0)
+    >>> node.inputs.dof, node.n_procs
+    (6, 2)
+    """
+    from nipype.pipeline import engine as pe
+
+    settings = compute_settings(device, omp_nthreads)
+    return pe.Node(interface(dof=dof, metric=metric, random_seed=seed, **inputs,
+                             **settings["inputs"]),
+                   name=name, n_procs=settings["n_procs"], mem_gb=mem_gb)

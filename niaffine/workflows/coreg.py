@@ -6,15 +6,16 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from niaffine import choices
 from niaffine.interfaces.registration import AffineRegistration
 from niaffine.interfaces.reports import RegistrationReport
 
-from .common import compute_settings
+from .common import registration_node
 
 
 def init_coreg_wf(
     *,
-    dof: int = 6,
+    dof: int = choices.DEFAULT_DOF_COREG,
     metric: str = "mi",
     device: str = "cpu",
     seed: int = 0,
@@ -29,10 +30,11 @@ def init_coreg_wf(
 
     Parameters
     ----------
-    dof : {3, 6, 7, 9, 12}
-        Degrees of freedom.
+    dof : int
+        Degrees of freedom, one of :data:`niaffine.choices.DOFS`.
     metric : str
-        ``mi``, ``cr``, ``ncc``, ``lncc``, ``mse`` or ``auto``.
+        One of :data:`niaffine.choices.METRIC_CHOICES` (``auto``: the engine's default
+        preset, mutual information).
     device : str
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto``; a CUDA node is marked for nipype's GPU slots.
     seed : int
@@ -63,7 +65,7 @@ def init_coreg_wf(
     out_t1w
         The image resampled onto the T1w grid.
     out_report
-        SVG reportlet.
+        SVG reportlet: the image in T1w space over the T1w brain.
     run_facts
         JSON file of run facts.
 
@@ -73,7 +75,6 @@ def init_coreg_wf(
     >>> wf.get_node("registration").inputs.dof
     6
     """
-    settings = compute_settings(device, omp_nthreads)
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(
         niu.IdentityInterface(fields=["in_file", "t1w_brain", "t1w_mask"]), name="inputnode"
@@ -82,12 +83,8 @@ def init_coreg_wf(
         niu.IdentityInterface(fields=["xfm", "inv_xfm", "out_t1w", "out_report", "run_facts"]),
         name="outputnode",
     )
-    registration = pe.Node(
-        AffineRegistration(dof=dof, metric=metric, random_seed=seed, **settings["inputs"]),
-        name="registration",
-        n_procs=settings["n_procs"],
-        mem_gb=1.0,
-    )
+    registration = registration_node(AffineRegistration, dof=dof, metric=metric, seed=seed,
+                                     device=device, omp_nthreads=omp_nthreads, mem_gb=1.0)
     coreg_report = pe.Node(
         RegistrationReport(title=title or f"{dof} dof coregistration to T1w"),
         name="coreg_report",

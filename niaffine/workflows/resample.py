@@ -9,6 +9,21 @@ from nipype.pipeline import engine as pe
 from niaffine.interfaces.resampling import ApplyAffine
 
 
+def resampling_node(name: str, *, out_postfix: str, interpolation: str = "Linear",
+                    omp_nthreads: int = 1, mem_gb: float = 1.0) -> pe.Node:
+    """An :class:`~niaffine.interfaces.resampling.ApplyAffine` node and its resources.
+
+    Examples
+    --------
+    >>> node = resampling_node("to_t1w", out_postfix="_space-T1w", omp_nthreads=2)
+    >>> node.inputs.out_postfix, node.n_procs
+    ('_space-T1w', 2)
+    """
+    return pe.Node(ApplyAffine(interpolation=interpolation, num_threads=omp_nthreads,
+                               out_postfix=out_postfix),
+                   name=name, n_procs=omp_nthreads, mem_gb=mem_gb)
+
+
 def init_resample_wf(
     *,
     with_template: bool = True,
@@ -70,14 +85,8 @@ def init_resample_wf(
     outputnode = pe.Node(
         niu.IdentityInterface(fields=["out_t1w", "out_template"]), name="outputnode"
     )
-    to_t1w = pe.Node(
-        ApplyAffine(
-            interpolation=interpolation, num_threads=omp_nthreads, out_postfix="_space-T1w"
-        ),
-        name="to_t1w",
-        n_procs=omp_nthreads,
-        mem_gb=mem_gb,
-    )
+    resources = {"interpolation": interpolation, "omp_nthreads": omp_nthreads, "mem_gb": mem_gb}
+    to_t1w = resampling_node("to_t1w", out_postfix="_space-T1w", **resources)
     # fmt: off
     workflow.connect([
         (inputnode, to_t1w, [("in_file", "input_image"),
@@ -90,20 +99,13 @@ def init_resample_wf(
         return workflow
 
     merge_xfms = pe.Node(niu.Merge(2), name="merge_xfms", run_without_submitting=True)
-    to_template = pe.Node(
-        ApplyAffine(
-            interpolation=interpolation, num_threads=omp_nthreads, out_postfix="_space-template"
-        ),
-        name="to_template",
-        n_procs=omp_nthreads,
-        mem_gb=mem_gb,
-    )
+    to_template = resampling_node("to_template", out_postfix="_space-template", **resources)
     # fmt: off
     workflow.connect([
         (inputnode, merge_xfms, [("t1w2template_xfm", "in1"),
                                  ("coreg_xfm", "in2")]),
         (inputnode, to_template, [("in_file", "input_image"),
-                                       ("template", "reference_image")]),
+                                  ("template", "reference_image")]),
         (merge_xfms, to_template, [("out", "transforms")]),
         (to_template, outputnode, [("output_image", "out_template")]),
     ])

@@ -175,3 +175,38 @@ def test_motion_qc_flags(tmp_path):
     assert "2 flagged" in html
     table = (tmp_path / "group" / "motion_qc.tsv").read_text().splitlines()
     assert len(table) == 4 and "\t0.8\t" in table[2]
+
+
+def test_series_names_in_a_res_space(tmp_path):
+    """Realigned series lie at their own voxel size: named without the space's res-N."""
+    import nibabel as nb
+    import numpy as np
+
+    from niaffine.bidsapp.series_sink import sink_series
+    from niaffine.bidsapp.sink import Writer
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    files = {}
+    for role, shape in (("reference", (4, 4, 4)), ("series_t1w", (4, 4, 4, 3)),
+                        ("series_template", (4, 4, 4, 3)), ("reference_template", (4, 4, 4))):
+        files[role] = str(work / f"{role}.nii.gz")
+        nb.save(nb.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), files[role])
+    files["hmc_xfm"] = str(work / "hmc.txt")
+    Path(files["hmc_xfm"]).write_text("#Insight Transform File V1.0\n")
+    writer = Writer(drv.OutputTree(out, tmp_path / "bids"), tmp_path / "bids")
+    image = {"path": str(tmp_path / "bids/sub-01/func/sub-01_task-rest_run-1_bold.nii.gz"),
+             "suffix": "bold", "metadata": {"RepetitionTime": 2.5, "TaskName": "rest"}}
+    ents = source_entities(image["path"], "01", None)
+    sink_series(writer, out / "sub-01" / "func", ents, image, files, t1w="T1w.nii.gz",
+                t1w_uri="bids::t1w", template_space={"space": "MNI152NLin6Asym", "res": "2"},
+                template_ref="MNI152NLin6Asym")
+    names = sorted(Path(p).name for p in writer.written)
+    stem = "sub-01_task-rest_run-1"
+    assert f"{stem}_space-MNI152NLin6Asym_desc-preproc_bold.nii.gz" in names
+    assert f"{stem}_space-MNI152NLin6Asym_boldref.nii.gz" in names
+    assert f"{stem}_from-orig_to-boldref_mode-image_desc-hmc_xfm.txt" in names
+    assert not [n for n in names if "res-2" in n]
+    series = nb.load(out / "sub-01" / "func" / f"{stem}_space-T1w_desc-preproc_bold.nii.gz")
+    assert series.header.get_xyzt_units() == ("mm", "sec")
+    assert np.isclose(series.header.get_zooms()[3], 2.5)

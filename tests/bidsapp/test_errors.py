@@ -8,6 +8,7 @@ import gzip
 import json
 import shutil
 
+import nibabel as nb
 import pytest
 
 from niaffine.bidsapp import errors, queries
@@ -201,14 +202,33 @@ def test_output_under_derivatives_allowed(tmp_path, capsys, monkeypatch):
 def test_bids_filter_file_selects(tmp_path, dirs, capsys, monkeypatch):
     install_fake_workflows(monkeypatch)
     bids = write_skeleton(tmp_path / "bids")
+    anat = bids / "sub-01" / "anat"
+    (anat / "sub-01_T2w.nii.gz").rename(anat / "sub-01_acq-b_T2w.nii.gz")
+    nb.save(nb.load(anat / "sub-01_acq-b_T2w.nii.gz"), anat / "sub-01_acq-a_T2w.nii.gz")
     filters = tmp_path / "filters.json"
-    filters.write_text(json.dumps({"t2w": {"acquisition": "none"}}))
+    filters.write_text(json.dumps({"t2w": {"acquisition": "a"}}))
     code, _ = run(capsys, bids, dirs[0], "participant", "-w", dirs[1], "--plugin", "Linear",
                   "--skip-bids-validation", "--output-spaces", "T1w", "--bids-filter-file",
                   filters)
     assert code == 0
-    assert not list(dirs[0].rglob("*from-T2w*"))
+    assert [p.name for p in dirs[0].rglob("*from-T2w*.txt")] == [
+        "sub-01_acq-a_from-T2w_to-T1w_mode-image_xfm.txt"]
     shutil.rmtree(dirs[0])
+
+
+@pytest.mark.parametrize("key", ["t1w", "bold"])
+def test_a_filter_that_matches_nothing_exits_18_writing_nothing(tmp_path, dirs, capsys,
+                                                                monkeypatch, key):
+    install_fake_workflows(monkeypatch)
+    bids = write_skeleton(tmp_path / "bids")
+    filters = tmp_path / "filters.json"
+    filters.write_text(json.dumps({key: {"acquisition": "nothing"}}))
+    code, text = run(capsys, bids, dirs[0], "participant", "-w", dirs[1], "--plugin", "Linear",
+                     "--skip-bids-validation", "--output-spaces", "T1w", "--bids-filter-file",
+                     filters)
+    assert code == errors.EXIT_NO_MATCH == 18, text
+    assert f"the {key} filter" in text and "matches no" in text
+    assert not dirs[0].exists() and not dirs[1].exists()
 
 
 def test_two_jobs_share_output_dir(tmp_path):

@@ -447,16 +447,19 @@ def test_bad_filter_file_is_a_usage_error(skeleton, dirs, capsys, tmp_path, filt
     assert not dirs[0].exists() and not dirs[1].exists()
 
 
-@pytest.mark.parametrize("value, has_t2w", [(None, True), ("*", False)])
-def test_filter_null_and_any(skeleton, dirs, capsys, tmp_path, monkeypatch, value, has_t2w):
-    """fMRIPrep's conventions: ``null`` means the entity is absent, ``"*"`` that it is set."""
+@pytest.mark.parametrize("value, code", [(None, 0), ("*", errors.EXIT_NO_MATCH)])
+def test_filter_null_and_any(skeleton, dirs, capsys, tmp_path, monkeypatch, value, code):
+    """fMRIPrep's conventions: ``null`` means the entity is absent, ``"*"`` that it is set
+    (no T2w here has an acquisition: a filter that matches nothing exits 18)."""
     install_fake_workflows(monkeypatch)
     path = tmp_path / "filters.json"
     path.write_text(json.dumps({"t2w": {"acquisition": value}}))
-    code, _ = run_app(capsys, skeleton, dirs[0], "participant", "-w", dirs[1], "--plugin",
-                      "Linear", *FAST, "--bids-filter-file", path)
-    assert code == 0
-    assert bool(list(dirs[0].rglob("*from-T2w*"))) == has_t2w
+    got, text = run_app(capsys, skeleton, dirs[0], "participant", "-w", dirs[1], "--plugin",
+                        "Linear", *FAST, "--bids-filter-file", path)
+    assert got == code, text
+    assert bool(list(dirs[0].rglob("*from-T2w*"))) == (code == 0)
+    if code:
+        assert 'the t2w filter {"acquisition": "*"} matches no T2w image' in text
 
 
 # -- 8. images of the wrong dimension ---------------------------------------------------------

@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The command-line parser is pure: syntax only, no file-system access."""
 
+import re
+
 import pytest
 
 from niaffine import __version__
@@ -86,6 +88,64 @@ def test_help_lists_levels(capsys):
         build_parser().parse_args(["-h"])
     out = capsys.readouterr().out
     assert "{participant,group}" in out and "--use-plugin" in out
+
+
+FMRIPREP_ARGV = ["--participant-label", "01", "--fs-license-file", "/x/license.txt", "--notrack",
+                 "--skip_bids_validator", "--output-spaces", "MNI152NLin2009aSym", "T1w",
+                 "--nthreads", "2", "--omp-nthreads", "1", "-w", "work", "--stop-on-first-crash"]
+
+
+def test_typical_fmriprep_command_line():
+    args = parse(*FMRIPREP_ARGV)
+    assert args.participant_label == ["01"] and args.skip_bids_validation and args.notrack
+    assert args.output_spaces == ["MNI152NLin2009aSym", "T1w"]
+    assert (args.nprocs, args.omp_nthreads, str(args.work_dir)) == (2, 1, "work")
+    assert args.stop_on_first_crash
+    assert args.ignored == ["--fs-license-file"]
+
+
+def test_more_fmriprep_options_are_accepted():
+    args = parse("--participant_label", "sub-01", "--n_cpus", "4", "--omp_nthreads", "2",
+                 "--mem_mb", "16000", "--low-mem", "--fs-subjects-dir", "/fs", "--fs-no-reconall",
+                 "--cifti-output", "--use-aroma", "--md-only-boilerplate", "--write-graph",
+                 "--resource-monitor", "--output-layout", "bids", "--dummy-scans", "4",
+                 "--longitudinal", "--me-output-echos", "--level", "full", "--ignore",
+                 "slicetiming", "t2w", "--anat-only", "-t", "rest", "--skip-bids-validation",
+                 "--nipype-plugin-file", "p.yml", "--bold2t1w-dof", "9", "--debug", "all")
+    assert args.participant_label == ["01"] and (args.nprocs, args.omp_nthreads) == (4, 2)
+    assert abs(args.mem_gb - 16000 / 1024) < 1e-9
+    assert args.ignore == ["slicetiming", "t2w"] and args.anat_only and args.task_id == "rest"
+    assert str(args.use_plugin) == "p.yml" and args.output_layout == "bids"
+    assert args.ignored == ["--low-mem", "--fs-subjects-dir", "--fs-no-reconall", "--cifti-output",
+                            "--use-aroma", "--md-only-boilerplate", "--write-graph",
+                            "--resource-monitor", "--dummy-scans", "--longitudinal",
+                            "--me-output-echos", "--level", "--bold2t1w-dof", "--debug"]
+
+
+@pytest.mark.parametrize(("flag", "value", "gigabytes"), [
+    ("--mem", "16G", 16.0), ("--mem", "8000M", 8000 / 1024), ("--mem", "16384", 16.0),
+    ("--mem-mb", "2048", 2.0), ("--mem-gb", "16", 16.0), ("--mem_gb", "512MB", 0.5)])
+def test_memory_units(flag, value, gigabytes):
+    assert parse(flag, value).mem_gb == pytest.approx(gigabytes)
+
+
+def test_bare_small_memory_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse("--mem", "16")
+    assert exc.value.code == 2
+    assert "write 16G for gigabytes" in capsys.readouterr().err
+
+
+def test_help_prints_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["-h"])
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())
+    assert "(default: None)" not in flat and "(default: False)" not in flat
+    for option in re.split(r"\n  -", out):  # one block per option
+        assert option.count("default") <= 1, option
+    assert "(default: ./work)" in flat and "(default: 12)" in flat
+    assert "--fs-license-file" in out and "--no-submm-recon" in out  # never cut at a hyphen
 
 
 def test_series_realignment_flags(tmp_path):

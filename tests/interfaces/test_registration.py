@@ -12,7 +12,8 @@ import pytest
 from niaffine.data.synthetic import mean_displacement, random_affine, warp_to_grid
 from niaffine.interfaces.registration import AffineRegistration
 
-FACT_KEYS = {"source", "target", "metric", "final_metric", "dof", "iterations", "elapsed_s",
+FACT_KEYS = {"source", "target", "metric", "final_metric", "dof", "iterations_total", "iterations_per_level",
+             "converged", "seed", "versions", "schema", "elapsed_s",
              "mask_volume_ml"}
 
 
@@ -59,7 +60,9 @@ def test_rigid_t2_to_t1(rigid_case, tmp_path):
     assert FACT_KEYS <= set(facts)
     assert facts["dof"] == 6 and facts["metric"] == "mi"
     assert facts["source"] == rigid_case["moving"] and facts["target"] == rigid_case["fixed"]
-    assert facts["iterations"] > 0 and facts["elapsed_s"] > 0
+    assert facts["iterations_total"] == sum(facts["iterations_per_level"]) > 0
+    assert len(facts["iterations_per_level"]) == len(facts["levels_mm"]) == len(facts["levels"])
+    assert facts["elapsed_s"] > 0 and facts["schema"] == "niaffine-run-facts/1"
     assert facts["final_metric"] == pytest.approx(out.metric_value)
     expected_ml = np.count_nonzero(np.asarray(mask.dataobj)) * 8 / 1000.0
     assert facts["mask_volume_ml"] == pytest.approx(expected_ml)

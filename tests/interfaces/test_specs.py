@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from niaffine.interfaces.antscompat import IGNORED
 from niaffine.interfaces.brainmask import BrainExtraction
 from niaffine.interfaces.reference import ReferenceVolume
 from niaffine.interfaces.registration import AffineRegistration
@@ -33,10 +34,21 @@ SPECS = {
             "device": {"usedefault": True, "default": "cpu"},
             "use_gpu": {"usedefault": True, "default": False},
             "output_warped_image": {"usedefault": True, "default": True},
+            "output_inverse_warped_image": {"usedefault": True, "default": False},
+            "fixed_image_masks": {"xor": ["fixed_image_mask"]},
+            "moving_image_masks": {"xor": ["moving_image_mask"]},
+            "invert_initial_moving_transform": {"requires": ["initial_moving_transform"]},
+            "transforms": {"usedefault": None},
+            **{name: {"nohash": True} for name in IGNORED},
         },
         {
             "forward_transforms": {},
+            "forward_invert_flags": {},
+            "reverse_forward_transforms": {},
+            "reverse_forward_invert_flags": {},
             "reverse_transforms": {},
+            "reverse_invert_flags": {},
+            "inverse_warped_image": {},
             "composite_transform": {"exists": True},
             "inverse_composite_transform": {"exists": True},
             "warped_image": {},
@@ -96,11 +108,14 @@ SPECS = {
         {
             "template": {"usedefault": True, "default": "MNI152NLin2009aSym"},
             "template_mask": {"exists": True, "mandatory": None},
+            "output_resolution": {"mandatory": None},
         },
         {
             "template_file": {"exists": True},
             "brain_file": {"exists": True},
             "mask_file": {"exists": True},
+            "grid_file": {"exists": True},
+            "grid_mask_file": {"exists": True},
         },
     ),
 }
