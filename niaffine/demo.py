@@ -2,7 +2,8 @@
 """``python -m niaffine.demo [OUT_DIR]``: the README's first command (``make demo``).
 
 Builds the demo BIDS dataset (:mod:`niaffine.data.bids_demo`: 3 subjects, one with
-two sessions, from the MNI152 anatomy with known affines), runs the BIDS-App's
+two sessions, from the MNI152 anatomy with known affines; T1w, T2w, a BOLD and a DWI run
+per session, the head moving between the series' volumes), runs the BIDS-App's
 participant and group levels on it, and prints where the reports are::
 
     OUT_DIR/bids/          the generated raw dataset (ground truth in sourcedata/)
@@ -17,6 +18,9 @@ import os
 import sys
 import time
 from pathlib import Path
+
+#: Head motion between the volumes of the demo's BOLD and DWI runs (up to, deg and mm).
+SERIES_MOTION = 0.15
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Generate, run participant and group levels; return the first non-zero exit code."""
     from niaffine.bidsapp.run import main as app
-    from niaffine.data.bids_demo import TINY_SUBJECTS, generate_demo_dataset
+    from niaffine.data.bids_demo import (
+        DEMO_SUBJECTS,
+        TINY_SUBJECTS,
+        generate_demo_dataset,
+    )
 
     args = build_parser().parse_args(argv)
     out = args.out_dir.resolve()
@@ -46,10 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     if args.regenerate or not (bids / "dataset_description.json").exists():
         print(f"niaffine demo: generating the BIDS dataset in {bids} ...")
-        if args.tiny:
-            generate_demo_dataset(bids, subjects=TINY_SUBJECTS)
-        else:
-            generate_demo_dataset(bids)
+        subjects = TINY_SUBJECTS if args.tiny else DEMO_SUBJECTS
+        generate_demo_dataset(bids, subjects=subjects, bold_motion=SERIES_MOTION, dwi=True)
     else:
         print(f"niaffine demo: reusing the dataset in {bids} (--regenerate to rebuild)")
     threads = max(1, args.nprocs // 2)

@@ -72,6 +72,7 @@ def check(derivatives: Path, bids: Path, max_error_mm: float = 3.0) -> list[str]
     """
     from niaffine.data.bids_demo import load_ground_truth
     from niaffine.io import load_transform
+    from niaffine.series_io import load_transform_array
 
     problems = []
     for key, entry in sorted(load_ground_truth(bids).items()):
@@ -91,17 +92,23 @@ def check(derivatives: Path, bids: Path, max_error_mm: float = 3.0) -> list[str]
             name = Path(image).name.split(".")[0]
             suffix = name.rsplit("_", 1)[-1]
             stem = name[: -len(suffix) - 1]
+            patterns = [f"from-{suffix}_to-T1w_mode-image_xfm.txt",
+                        f"from-{suffix}ref_to-T1w_mode-image_desc-coreg_xfm.txt"]
             found = [
                 p
-                for p in _find(
-                    derivatives, subject, session, f"from-{suffix}_to-T1w_mode-image_xfm.txt"
-                )
+                for pattern in patterns
+                for p in _find(derivatives, subject, session, pattern)
                 if p.name.startswith(stem + "_")
             ]
             if not found:
-                problems.append(f"{key}: no from-{suffix}_to-T1w transform for {name}")
+                problems.append(f"{key}: no from-{suffix}[ref]_to-T1w transform for {name}")
                 continue
-            error = max_displacement(load_transform(found[0]), truth["to_t1w"], t1w_points)
+            estimate = load_transform(found[0])
+            if "desc-coreg" in found[0].name:  # a realigned series: its first volume's map
+                hmc = found[0].name.replace(f"from-{suffix}ref_to-T1w", f"from-orig_to-{suffix}ref")
+                hmc_file = found[0].with_name(hmc.replace("desc-coreg", "desc-hmc"))
+                estimate = load_transform_array(hmc_file)[0] @ estimate
+            error = max_displacement(estimate, truth["to_t1w"], t1w_points)
             LOGGER.info("%s %s -> T1w: %.2f mm", key, name, error)
             if error > max_error_mm:
                 problems.append(f"{key}: {name} -> T1w off by {error:.2f} mm ({found[0].name})")

@@ -30,8 +30,10 @@ LOGGER = logging.getLogger("niaffine.bidsapp")
 DATATYPE = {"T1w": "anat", "T2w": "anat", "FLAIR": "anat", "PDw": "anat", "bold": "func",
             "dwi": "dwi"}
 #: What BIDS has no name for yet: transforms, their sidecars, 3D references of series,
+#: confounds tables (not in the validator's schema), the gradient tables of derivative DWI,
 #: figures, logs, group QC. (Folders without a trailing slash: the validator needs that.)
-BIDSIGNORE = ("*_xfm.txt", "*_xfm.json", "*_boldref.*", "*_dwiref.*", "figures", "logs",
+BIDSIGNORE = ("*_xfm.txt", "*_xfm.json", "*_boldref.*", "*_dwiref.*",
+              "*_desc-confounds_timeseries.*", "*_dwi.bval", "*_dwi.bvec", "figures", "logs",
               "group", "*.html")
 _NAME = re.compile(r"^(?P<entities>.+?)_(?P<suffix>[A-Za-z0-9]+)(?P<ext>\.nii(\.gz)?|\.[a-z]+)$")
 
@@ -57,24 +59,62 @@ def write_json(path, data: dict) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def copy_file(src, dst) -> Path:
-    """Copy ``src`` to ``dst`` atomically, converting NIfTI compression if the extensions differ.
+def copy_file(src, dst, *, repetition_time: float | None = None) -> Path:
+    """Copy ``src`` to ``dst`` atomically; a NIfTI gets its units set on the way.
+
+    A NIfTI destination is rewritten (nibabel) when the extensions' compression differs, when
+    its spatial units are not millimetres, its time units (4D) not seconds, or its time step
+    not ``repetition_time``; otherwise it is copied byte for byte.
 
     Parameters
     ----------
     src, dst : path-like
         Source (e.g. in a Nipype work folder) and derivative path.
+    repetition_time : float, optional
+        The 4D image's time step (s), e.g. the raw sidecar's ``RepetitionTime``.
+
+    Examples
+    --------
+    >>> import tempfile, nibabel as nb, numpy as np
+    >>> base = Path(tempfile.mkdtemp())
+    >>> nb.save(nb.Nifti1Image(np.zeros((2, 2, 2, 3), np.int16), np.eye(4)), base / "a.nii")
+    >>> out = nb.load(copy_file(base / "a.nii", base / "b.nii.gz", repetition_time=2.0))
+    >>> out.header.get_xyzt_units(), float(out.header.get_zooms()[3])
+    (('mm', 'sec'), 2.0)
     """
     src, dst = Path(src), Path(dst)
     with atomic_path(dst) as tmp:
-        if src.name.endswith(".nii") and dst.name.endswith(".nii.gz"):
+        img = _with_units(src, dst, repetition_time)
+        if img is None:
+            shutil.copyfile(src, tmp)
+        else:
             import nibabel as nb
 
-            img = nb.load(src)
-            nb.save(img.__class__(img.dataobj, img.affine, img.header), tmp)
-        else:
-            shutil.copyfile(src, tmp)
+            nb.save(img, tmp)
     return dst
+
+
+def _with_units(src: Path, dst: Path, repetition_time: float | None):
+    """The NIfTI image to save at ``dst`` with units set, or None when a plain copy does."""
+    if not dst.name.endswith((".nii", ".nii.gz")):
+        return None
+    import nibabel as nb
+
+    img = nb.load(src)
+    header = img.header
+    four_d = len(img.shape) > 3 and img.shape[3] > 1
+    units = ("mm", "sec") if four_d else ("mm", header.get_xyzt_units()[1])
+    zooms = header.get_zooms()
+    retime = four_d and repetition_time is not None and not (
+        abs(float(zooms[3]) - float(repetition_time)) < 1e-6)
+    same_compression = src.name.endswith(".gz") == dst.name.endswith(".gz")
+    if same_compression and header.get_xyzt_units() == units and not retime:
+        return None
+    out = img.__class__(img.dataobj, img.affine, header)
+    out.header.set_xyzt_units(*units)
+    if retime:
+        out.header.set_zooms(tuple(zooms[:3]) + (float(repetition_time),) + tuple(zooms[4:]))
+    return out
 
 
 class UnsafeOutputError(errors.BidsAppError):
@@ -133,9 +173,9 @@ class OutputTree:
         """:func:`write_json` after :meth:`check`."""
         return write_json(self.check(path), data)
 
-    def copy_file(self, src, dst) -> Path:
+    def copy_file(self, src, dst, **kwargs) -> Path:
         """:func:`copy_file` after :meth:`check`."""
-        return copy_file(src, self.check(dst))
+        return copy_file(src, self.check(dst), **kwargs)
 
 
 @contextlib.contextmanager
@@ -224,31 +264,10 @@ def parse_name(path) -> tuple[list[tuple[str, str]], str, str]:
     return entities, match.group("suffix"), match.group("ext")
 
 
-def build_name(entities, suffix: str, ext: str) -> str:
-    """Join ``entities`` (pairs, in order), ``suffix`` and ``ext`` into a file name.
-
-    >>> build_name([("sub", "01"), ("space", "T1w")], "T2w", ".nii.gz")
-    'sub-01_space-T1w_T2w.nii.gz'
-    """
-    return "_".join([f"{k}-{v}" for k, v in entities] + [suffix]) + ext
-
-
-def subject_prefix(subject: str, session: str | None) -> list[tuple[str, str]]:
-    """``[("sub", subject), ("ses", session)]`` without a missing session."""
-    return [("sub", subject)] + ([("ses", session)] if session else [])
-
-
 def subject_dir(output_dir, subject: str, session: str | None, datatype: str) -> Path:
     """``output_dir/sub-X[/ses-Y]/<datatype>``."""
     base = Path(output_dir) / f"sub-{subject}"
     return (base / f"ses-{session}" if session else base) / datatype
-
-
-def image_entities(path, subject: str, session: str | None) -> list[tuple[str, str]]:
-    """Entities of a source image, subject/session first (raw entities kept in order)."""
-    entities, _, _ = parse_name(path)
-    rest = [(k, v) for k, v in entities if k not in ("sub", "ses")]
-    return subject_prefix(subject, session) + rest
 
 
 def bids_uri(path, bids_dir) -> str:
@@ -261,10 +280,3 @@ def bids_uri(path, bids_dir) -> str:
         return "bids:raw:" + Path(path).relative_to(bids_dir).as_posix()
     except ValueError:
         return str(path)
-
-
-def with_space(entities, space: str) -> list[tuple[str, str]]:
-    """Insert ``space`` after the source entities (before ``desc``), replacing any other."""
-    kept = [(k, v) for k, v in entities if k not in ("space", "desc")]
-    desc = [(k, v) for k, v in entities if k == "desc"]
-    return kept + [("space", space)] + desc

@@ -299,8 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="similarity metric; auto: each registration's preset (mutual "
                            "information within the subject, normalised MI to the template)")
     what.add_argument(
+        "--no-hmc", dest="hmc", action="store_false",
+        help="do not realign BOLD/DWI series (head motion, eddy currents): register and "
+             "resample a reference volume of each as a static image (niaffine < 0.2)",
+    )
+    what.add_argument(
         "--resample-bold", dest="resample_bold", action="store_true",
-        help="resample whole BOLD series (not only their reference) into the output spaces",
+        help="with --no-hmc: resample whole BOLD series with one transform (realigned "
+             "series are always resampled, volume by volume)",
     )
     what.add_argument(
         "--reports-only", dest="reports_only", action="store_true",

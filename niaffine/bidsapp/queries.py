@@ -31,6 +31,11 @@ FILTER_KEYS = ("t1w", "t2w", "flair", "pdw", "bold", "dwi")
 #: Dimensions each image type may have (trailing singleton dimensions ignored).
 NDIM = {suffix: (3, 4) if suffix in choices.SERIES_MODALITIES else (3,)
         for suffix in choices.DATATYPES}
+#: Series suffixes: their sidecar metadata is collected (:data:`SERIES_METADATA`).
+SERIES = choices.SERIES_MODALITIES
+#: Sidecar keys of a series kept in ``subject_data`` (and copied into its derivatives).
+SERIES_METADATA = ("RepetitionTime", "TaskName", "SliceTiming", "PhaseEncodingDirection",
+                   "TotalReadoutTime", "EchoTime")
 #: Folders never indexed: they are not raw data.
 IGNORE = ("code", "derivatives", "sourcedata", "stimuli", "models")
 
@@ -232,10 +237,13 @@ def collect_subjects(layout, *, participant_label=(), session_label=(), modaliti
                 if suffix.lower() in matched:
                     matched[suffix.lower()] += len(found)
                 for path in found:
-                    bvals = None
+                    image = {"path": path, "suffix": suffix, "bvals": None}
                     if suffix == "dwi":
-                        bvals = layout.get_bval(path) or None
-                    images.append({"path": path, "suffix": suffix, "bvals": bvals})
+                        image["bvals"] = layout.get_bval(path) or None
+                        image["bvecs"] = layout.get_bvec(path) or None
+                    if suffix in SERIES:
+                        image["metadata"] = _series_metadata(layout, path)
+                    images.append(image)
             subjects.append({"subject": sub, "session": ses, "t1w": t1w[0], "images": images})
     _check_filters_matched(layout, chosen, matched, bids_filters)
     unknown = [s for s in session_label if s not in sessions_seen]
@@ -247,6 +255,12 @@ def collect_subjects(layout, *, participant_label=(), session_label=(), modaliti
         raise errors.BidsAppError("the selection (labels and filters) matches no data",
                                   errors.EXIT_NO_MATCH)
     return subjects, skipped
+
+
+def _series_metadata(layout, path) -> dict:
+    """The :data:`SERIES_METADATA` keys of a series' sidecars (BIDS inheritance applied)."""
+    metadata = layout.get_metadata(path) or {}
+    return {key: metadata[key] for key in SERIES_METADATA if key in metadata}
 
 
 def _check_filters_matched(layout, chosen, matched: dict, bids_filters) -> None:
@@ -330,9 +344,39 @@ def _prod(shape) -> int:
     return out
 
 
-def check_inputs(subjects: list[dict]) -> None:
-    """Run :func:`check_nifti` on every T1w and image of the selection."""
+def check_series(image: dict) -> None:
+    """What realigning a series needs: 4D, finite volumes; for DWI, b-values and b-vectors
+    that match the volumes, with no zero-norm vector on a diffusion-weighted volume
+    (:mod:`niaffine.series_io`'s checks, which read the data once).
+
+    Raises
+    ------
+    BidsAppError
+        Code 65, one line naming the file.
+    """
+    from niaffine.errors import InputError
+    from niaffine.series_io import load_series, read_bvals, read_bvecs
+
+    suffix = image["suffix"]
+    try:
+        series = load_series(image["path"], role=f"{suffix} series")
+        if suffix == "dwi":
+            missing = [kind for kind in ("bvals", "bvecs") if not image.get(kind)]
+            if missing:
+                raise InputError(f"{image['path']}: no .{missing[0][:-1]} file found for "
+                                 "this DWI series")
+            bvals = read_bvals(image["bvals"], series.shape[3])
+            read_bvecs(image["bvecs"], series.shape[3], bvals)
+    except InputError as exc:
+        raise errors.BidsAppError(str(exc), errors.EXIT_NO_DATA) from None
+
+
+def check_inputs(subjects: list[dict], *, series: bool = False) -> None:
+    """Run :func:`check_nifti` on every T1w and image of the selection (and, with
+    ``series``, :func:`check_series` on every BOLD and DWI series)."""
     for data in subjects:
         check_nifti(data["t1w"], "T1w")
         for image in data["images"]:
             check_nifti(image["path"], image["suffix"])
+            if series and image["suffix"] in SERIES:
+                check_series(image)

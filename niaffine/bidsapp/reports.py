@@ -31,6 +31,8 @@ MASK_VOLUME_RANGE = (800.0, 2200.0)
 #: Plausible scale factors (singular values of the linear part) of a brain registration.
 ZOOM_RANGE = (0.67, 1.5)
 ROBUST_Z = 3.5
+#: ``from-`` labels of the references realigned series are coregistered through.
+SERIES_REFERENCES = ("boldref", "dwiref")
 #: Column order of the HTML tables: what to look at first on the left.
 HTML_COLUMNS = ("subject", "session", "source", "target", "flags", "final_metric", "zoom_min",
                 "zoom_max", "mask_volume_ml", "dof", "iterations", "elapsed_s", "metric")
@@ -77,6 +79,8 @@ def collect_registrations(output_dir) -> list[dict]:
     for sidecar in sorted(output_dir.glob("sub-*/**/*_xfm.json")):
         name = sidecar.name
         source, target = _entity(name, "from"), _entity(name, "to")
+        if source in SERIES_REFERENCES:  # a realigned series' reference: its kind
+            source = source[:-len("ref")]
         coreg = target == "T1w" and source in drv.DATATYPE and source != "T1w"
         normalisation = source == "T1w" and target is not None and target not in drv.DATATYPE
         if not (coreg or normalisation):
@@ -87,7 +91,7 @@ def collect_registrations(output_dir) -> list[dict]:
             meta = {}
         entities, _, _ = drv.parse_name(sidecar.with_suffix(".txt"))
         label = "_".join(f"{k}-{v}" for k, v in entities
-                         if k not in ("sub", "ses", "from", "to", "mode"))
+                         if k not in ("sub", "ses", "from", "to", "mode", "desc"))
         rows.append({
             "subject": _entity(name, "sub"), "session": _entity(name, "ses") or "n/a",
             "source": f"{label}:{source}" if label else source, "target": target,
@@ -197,12 +201,26 @@ def flag_rows(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def _tsv(rows: list[dict]) -> str:
+def cell(value) -> str:
+    """A TSV cell: ``n/a`` for None, floats to 6 significant digits.
+
+    >>> cell(None), cell(0.123456789012), cell(1400.0), cell("a")
+    ('n/a', '0.123457', '1400', 'a')
+    """
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else "n/a"
+    return str(value)
+
+
+def tsv_text(rows: list[dict], columns) -> str:
+    """Tab-separated ``columns`` of ``rows`` (see :func:`cell`), with a header line."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
-    writer.writerow(QC_COLUMNS)
+    writer.writerow(columns)
     for row in rows:
-        writer.writerow(["n/a" if row.get(c) is None else row.get(c) for c in QC_COLUMNS])
+        writer.writerow([cell(row.get(c)) for c in columns])
     return buffer.getvalue()
 
 
@@ -287,10 +305,16 @@ def _table(rows: list[dict], columns, link_subject: str = "") -> str:
             + "</table></div>")
 
 
+#: Order of the reportlets of one image: its coregistration, then its motion.
+_FIGURE_DESC_ORDER = {"coreg": 0, "motion": 1, "realignment": 2}
+
+
 def _figure_key(path: Path):
     name = path.name
     order = 0 if "desc-brain_mask" in name else 1 if "_space-" in name else 2
-    return (_entity(name, "ses") or "", order, name)
+    stem = re.sub(r"_desc-[A-Za-z0-9]+", "", name)
+    return (_entity(name, "ses") or "", order, stem,
+            _FIGURE_DESC_ORDER.get(_entity(name, "desc") or "", 3), name)
 
 
 def _caption(name: str) -> str:
@@ -306,11 +330,29 @@ def _caption(name: str) -> str:
     space = _entity(name, "space")
     if space:
         return f"T1w registered to {space}"
-    if "desc-coreg" in name:
-        parts = name.rsplit(".", 1)[0].split("_")
-        ents = [p for p in parts[:-1] if not p.startswith(("sub-", "ses-", "desc-"))]
-        return " ".join(ents + [parts[-1], "registered to the T1w"])
+    parts = name.rsplit(".", 1)[0].split("_")
+    ents = [p for p in parts[:-1] if not p.startswith(("sub-", "ses-", "desc-"))]
+    what = {"coreg": "registered to the T1w",
+            "motion": "head motion: translations, rotations and framewise displacement over "
+                      "time (volumes above 0.5 mm marked)",
+            "realignment": "temporal standard deviation before / after realignment (hover "
+                           "to flicker)"}.get(_entity(name, "desc") or "")
+    if what:
+        return " ".join(ents + [parts[-1], what])
     return name
+
+
+#: What the colours of the registration figures mean (``niaffine.interfaces.reports``).
+FIGURE_LEGEND = (
+    '<p class="meta"><b>Reading the figures.</b> Registration figures show the fixed image '
+    '(the T1w, or the template) in grey with the <span style="color:#0aa;font-weight:bold">'
+    'cyan</span> edges of the moved image drawn over it and the brain mask as a '
+    '<span style="color:#d00;font-weight:bold">red</span> contour; hovering flickers to '
+    "the moved image, whose edges stay put: a misalignment shows as edges moving against "
+    "the anatomy. Motion plots: translations (mm), rotations (degrees) and framewise "
+    'displacement (black; the dashed <span style="color:#d62728">red</span> line is 0.5 mm, '
+    "volumes above it marked in red). Realignment figures: temporal standard deviation of "
+    "the series before and after head-motion correction (sharper, darker after).</p>")
 
 
 def write_subject_report(tree: drv.OutputTree, subject: str,
@@ -337,7 +379,14 @@ def write_subject_report(tree: drv.OutputTree, subject: str,
         parts.append(_table(rows, HTML_COLUMNS[1:]))
     else:
         parts.append("<p>No registrations were written for this subject.</p>")
+    from niaffine.bidsapp.motion_qc import collect_motion, motion_table
+
+    motion = [r for r in collect_motion(output_dir) if r["subject"] == subject]
+    if motion:
+        parts.append("<h2>Head motion</h2>" + motion_table(motion))
     figures = sorted((output_dir / f"sub-{subject}" / "figures").glob("*.svg"), key=_figure_key)
+    if figures:
+        parts.append(FIGURE_LEGEND)
     sessions = sorted({_entity(f.name, "ses") or "" for f in figures})
     for session in sessions:
         parts.append(f"<h2>{'Session ' + html.escape(session) if session else 'Figures'}</h2>")
@@ -387,7 +436,7 @@ def write_group_outputs(tree: drv.OutputTree,
                      "zoom_max": None, "flags": "missing",
                      "transform": "n/a"})
     group = output_dir / "group"
-    tsv = tree.write_text(group / "registration_qc.tsv", _tsv(rows))
+    tsv = tree.write_text(group / "registration_qc.tsv", tsv_text(rows, QC_COLUMNS))
     tree.write_json(group / "registration_qc.json", {
         "final_metric": {"Description": "similarity at convergence (as reported by the engine)"},
         "mask_volume_ml": {"Description": "volume of the subject's T1w brain mask "
@@ -402,6 +451,9 @@ def write_group_outputs(tree: drv.OutputTree,
                   "unreadable_transform, missing (a subject of the dataset without any "
                   "output: failed, skipped or not run)"},
     })
+    from niaffine.bidsapp.motion_qc import write_motion_outputs
+
+    motion_html = write_motion_outputs(tree)
     flagged = [r for r in rows if r["flags"] != "n/a"]
     missing = [r for r in rows if r["flags"] == "missing"]
     registrations = [r for r in rows if r["flags"] != "missing"]
@@ -416,6 +468,7 @@ def write_group_outputs(tree: drv.OutputTree,
         body += ["<h2>Flagged</h2>", _table(flagged, HTML_COLUMNS, link_subject="../")]
     body += ["<h2>All registrations</h2>",
              _table(registrations, HTML_COLUMNS, link_subject="../")]
+    body += motion_html
     index = tree.write_text(group / "index.html",
                            _page("niaffine group report", "\n".join(body)))
     LOGGER.info("group outputs written: %s, %s", tsv, index)

@@ -174,7 +174,7 @@ def run_participant(settings: Settings, *, progress_interval_s: float | None = N
     if not settings.reports_only:
         for data in subjects:  # cheap integrity checks: name the bad file before any work
             try:
-                queries.check_inputs([data])
+                queries.check_inputs([data], series=settings.hmc)
                 usable.append(data)
             except errors.BidsAppError as exc:
                 skipped.append(queries.Skipped(data["subject"], data["session"], str(exc)))

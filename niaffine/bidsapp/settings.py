@@ -68,6 +68,7 @@ class Settings:
     dof_coreg: int = choices.DEFAULT_DOF_COREG
     metric: str = "auto"
     resample_bold: bool = False
+    hmc: bool = True
     reports_only: bool = False
     nprocs: int = 1
     omp_nthreads: int = 1
@@ -375,6 +376,7 @@ def from_args(args, *, check_device: bool = True) -> Settings:
         dof_coreg=args.dof_coreg,
         metric=args.metric,
         resample_bold=bool(args.resample_bold),
+        hmc=bool(getattr(args, "hmc", True)),
         reports_only=bool(args.reports_only),
         nprocs=nprocs,
         omp_nthreads=args.omp_nthreads or min(nprocs, 8),

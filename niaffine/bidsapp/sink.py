@@ -4,10 +4,16 @@
 :func:`sink_subject` is a plain function (tested on its own); :class:`SubjectSink`
 is the thin Nipype interface the dataset-wide graph uses. The sink always runs, so
 a rerun with a cached work directory rewrites every derivative.
+
+Every name comes from :func:`niaffine.bidsapp.names.build_name`: the raw image's entities,
+plus the entities of the output (``space``, ``desc``, ``from``/``to``/``mode``); each image
+output of the workflow arrives labelled by its role (``image_outputs``), never by position
+in a list of files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -22,87 +28,84 @@ from nipype.interfaces.base import (
 
 from niaffine import __version__
 from niaffine.bidsapp import derivatives as drv
+from niaffine.bidsapp.names import build_name, source_entities, space_entities, space_label
+from niaffine.bidsapp.series_sink import sink_series
 
 LOGGER = logging.getLogger("niaffine.bidsapp")
 
 #: ``outputnode`` fields of ``init_single_subject_wf`` that the sink consumes.
 OUTPUT_FIELDS = (
     "t1w_preproc", "t1w_mask", "t1w_brain", "t1w2template_xfm", "template2t1w_xfm",
-    "t1w_template", "coreg_xfms", "t1w2image_xfms", "images_t1w", "images_template",
-    "reportlets", "metrics",
+    "t1w_template", "template", "template_run_facts", "anat_reports", "image_outputs",
 )
 _METRIC_KEYS = {"metric": "Metric", "final_metric": "FinalMetric", "dof": "DOF",
                 "iterations": "Iterations", "elapsed_s": "ElapsedSeconds",
                 "mask_volume_ml": "MaskVolumeML", "batch_size": "BatchSize"}
+#: Roles of an image's outputs that depend on its coregistration (dropped when implausible).
+COREG_ROLES = ("coreg_xfm", "coreg_inv_xfm", "image_t1w", "image_template", "series_t1w",
+               "reference_t1w", "mask_t1w", "bvec_t1w", "series_template",
+               "reference_template", "mask_template")
 
 
-def _as_list(value) -> list:
-    if value is None or (not isinstance(value, str | Path) and not isdefined(value)):
-        return []
+def _defined(value) -> bool:
+    return value is not None and (isinstance(value, str | Path | dict) or isdefined(value))
+
+
+def _given(value):
+    """A single output (a path), None when undefined or empty."""
     if isinstance(value, list | tuple):
-        return [v for v in value if v is not None and (isinstance(v, str | Path) or isdefined(v))]
-    return [value]
+        value = value[0] if value else None
+    return value if _defined(value) and value != "" else None
 
 
-def _first(value):
-    items = _as_list(value)
-    return items[0] if items else None
+def load_facts(path) -> dict | None:
+    """A run-facts JSON file (None when missing or unreadable)."""
+    if not _given(path):
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        LOGGER.warning("unreadable metrics file %s: %s", path, exc)
+        return None
 
 
-def _load_metrics(files) -> list[dict]:
-    out = []
-    for path in _as_list(files):
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            LOGGER.warning("unreadable metrics file %s: %s", path, exc)
-            continue
-        data["_file"] = str(path)
-        out.append(data)
-    return out
+@dataclasses.dataclass
+class Writer:
+    """Writes derivatives of one subject/session: files, their sidecars, the list of both."""
 
+    tree: drv.OutputTree
+    bids_dir: Path
+    written: list = dataclasses.field(default_factory=list)
 
-def _match_metrics(metrics: list[dict], t1w: str, images: list[dict], normalised: bool):
-    """Assign metrics records to the template registration and to each image.
+    def uri(self, path: Path) -> str:
+        """``bids::<relative path>`` of a derivative of this run."""
+        return "bids::" + Path(path).relative_to(self.tree.root).as_posix()
 
-    ``init_single_subject_wf`` lists them in a documented order (normalisation first,
-    then one per image); when the count does not fit that order, a record is matched
-    by its ``source`` file name instead.
-    """
-    if len(metrics) == int(normalised) + len(images):
-        template = metrics[0] if normalised else None
-        return template, list(metrics[int(normalised):])
-    by_image: list[dict | None] = [None] * len(images)
-    template = None
-    names = [Path(img["path"]).name for img in images]
-    for record in metrics:
-        source = Path(str(record.get("source", ""))).name
-        if source in names and by_image[names.index(source)] is None:
-            by_image[names.index(source)] = record
-        elif template is None and normalised and "T1w" in source:
-            template = record
-    return template, by_image
+    def sidecar(self, sources, facts: dict | None = None, **extra) -> dict:
+        """A sidecar: ``Sources``, ``GeneratedBy``, the registration's facts, ``extra``."""
+        data = {"Sources": [drv.bids_uri(s, self.bids_dir) if not str(s).startswith("bids:")
+                            else s for s in sources],
+                "GeneratedBy": [{"Name": "niaffine", "Version": __version__}]}
+        if facts:
+            data.update({_METRIC_KEYS[k]: facts[k] for k in _METRIC_KEYS if k in facts})
+            if "target" in facts:
+                data["RegistrationTarget"] = Path(str(facts["target"])).name
+        data.update({k: v for k, v in extra.items() if v is not None})
+        return data
 
-
-def _sidecar(sources, metrics: dict | None = None, **extra) -> dict:
-    data = {"Sources": sources, "GeneratedBy": [{"Name": "niaffine", "Version": __version__}]}
-    if metrics:
-        data.update({_METRIC_KEYS[k]: metrics[k] for k in _METRIC_KEYS if k in metrics})
-        if "target" in metrics:
-            data["RegistrationTarget"] = Path(str(metrics["target"])).name
-    data.update(extra)
-    return data
-
-
-def _put(tree: drv.OutputTree, written: list, src, dst: Path, sidecar: dict | None = None):
-    if not src:
-        return
-    tree.copy_file(src, dst)
-    written.append(str(dst))
-    if sidecar is not None:
-        name = dst.name.replace(".nii.gz", ".json").replace(".nii", ".json")
-        name = name[:-4] + ".json" if name.endswith(".txt") else name
-        written.append(str(tree.write_json(dst.with_name(name), sidecar)))
+    def put(self, src, folder: Path, entities: dict, suffix: str, extension: str,
+            sidecar: dict | None = None, repetition_time: float | None = None) -> Path | None:
+        """Copy ``src`` to ``folder/<name>`` (and its JSON sidecar); None without ``src``."""
+        src = _given(src)
+        if not src:
+            return None
+        dst = folder / build_name(entities, suffix, extension)
+        self.tree.copy_file(src, dst, repetition_time=repetition_time)
+        self.written.append(str(dst))
+        if sidecar is not None:
+            json_path = folder / build_name(entities, suffix, ".json")
+            self.written.append(str(self.tree.write_json(json_path, sidecar)))
+        return dst
 
 
 def _implausible(xfm, fixed, moving) -> str | None:
@@ -126,60 +129,90 @@ def _implausible(xfm, fixed, moving) -> str | None:
             f"{Path(str(fixed)).name}: {problem}")
 
 
-def _drop_implausible(outputs, fields, t1w, images, template_space):
-    """Check every registration; clear the outputs of the implausible ones in ``fields``.
-
-    Returns the problems (one line each) and the template space, ``None`` when the
-    T1w-to-template registration is implausible (no template-space file is then written).
-    """
-    problems = []
-    normalised = template_space
-    if template_space:
-        problem = _implausible(_first(outputs.get("t1w2template_xfm")),
-                               _first(outputs.get("t1w_template")), t1w)
-        if problem:
-            problems.append(problem)
-            normalised = None
-    for i, image in enumerate(images):
-        xfms = fields["coreg_xfms"]
-        problem = _implausible(xfms[i] if i < len(xfms) else None, t1w, image["path"])
-        if problem:
-            problems.append(problem)
-            for items in fields.values():
-                if i < len(items):
-                    items[i] = None
-    return problems, normalised
+def _image_outputs(outputs: dict, images: list[dict]) -> list[dict]:
+    items = outputs.get("image_outputs")
+    items = list(items) if _defined(items) and isinstance(items, list | tuple) else []
+    items = [item if isinstance(item, dict) else {} for item in items]
+    if len(items) != len(images):  # a workflow that lost images: write none of them
+        LOGGER.warning("%d image outputs for %d images; no image derivative written",
+                       len(items), len(images))
+        return [{} for _ in images]
+    return items
 
 
-def _image_suffix(path, src_suffix: str) -> str:
-    """``boldref``/``dwiref`` for a 3D reference of a 4D series, else the source suffix."""
-    if src_suffix in ("bold", "dwi"):
-        import nibabel as nb
+def _template_reference(outputs: dict, template_space) -> str:
+    from niaffine.interfaces.templates import KNOWN_TEMPLATES
 
-        shape = nb.load(str(path)).shape
-        if len(shape) < 4 or shape[3] == 1:
-            return f"{src_suffix}ref"
-    return src_suffix
+    label = space_entities(template_space)["space"]
+    template = _given(outputs.get("template"))
+    return label if label in KNOWN_TEMPLATES or not template else str(template)
 
 
-def _figure_names(prefix, images, template_space, count) -> list[str]:
-    """Names of the reportlets, in ``init_single_subject_wf``'s order: brain mask,
-    normalisation (with a template), then one coregistration per image."""
-    names = [drv.build_name(prefix + [("desc", "brain")], "mask", ".svg")]
-    if template_space:
-        names.append(drv.build_name(prefix + [("space", template_space)], "T1w", ".svg"))
-    for image in images:
-        ents = drv.image_entities(image["path"], *[v for _, v in prefix[:1]],
-                                  prefix[1][1] if len(prefix) > 1 else None)
-        names.append(drv.build_name(ents + [("desc", "coreg")], image["suffix"], ".svg"))
-    if len(names) != count:  # an unexpected layout: keep every figure, numbered
-        names = [drv.build_name(prefix + [("desc", f"figure{i + 1}")], "report", ".svg")
-                 for i in range(count)]
-    return names
+def _sink_anat(w: Writer, anat: Path, prefix: dict, t1w, outputs: dict, template_space):
+    """The T1w, its mask and brain, the normalisation; returns the T1w's URI."""
+    t1w_src = [t1w]
+    t1w_ref = w.put(outputs.get("t1w_preproc"), anat, prefix | {"desc": "preproc"}, "T1w",
+                    ".nii.gz", w.sidecar(t1w_src, SkullStripped=False,
+                                         Description="The T1w image all images are "
+                                                     "registered to (T1w space)"))
+    t1w_uri = w.uri(t1w_ref) if t1w_ref else None
+    w.put(outputs.get("t1w_mask"), anat, prefix | {"desc": "brain"}, "mask", ".nii.gz",
+          w.sidecar(t1w_src, Type="Brain", Description="Brain mask of the T1w",
+                    SpatialReference=t1w_uri))
+    w.put(outputs.get("t1w_brain"), anat, prefix | {"desc": "brain"}, "T1w", ".nii.gz",
+          w.sidecar(t1w_src, SkullStripped=True, Description="The skull-stripped T1w",
+                    SpatialReference=t1w_uri))
+    if not template_space:
+        return t1w_uri
+    facts = load_facts(outputs.get("template_run_facts"))
+    space = space_entities(template_space)
+    label = space["space"]
+    # one transform for every grid of the template: named without its res/cohort
+    for key, src, dst in (("t1w2template_xfm", "T1w", label), ("template2t1w_xfm", label,
+                                                                "T1w")):
+        w.put(outputs.get(key), anat, prefix | {"from": src, "to": dst, "mode": "image"},
+              "xfm", ".txt", w.sidecar(t1w_src, facts,
+                                       Description=f"Affine transform, {src} to {dst}"))
+    w.put(outputs.get("t1w_template"), anat, prefix | space | {"desc": "preproc"}, "T1w",
+          ".nii.gz", w.sidecar(t1w_src, facts, SkullStripped=False,
+                               Description=f"The T1w brain in {space_label(space)} space",
+                               SpatialReference=_template_reference(outputs, template_space)))
+    return t1w_uri
+
+
+def _sink_image(w: Writer, folder: Path, ents: dict, image: dict, item: dict, t1w, t1w_uri,
+                template_space, template_ref) -> None:
+    """A static image (anatomical, or a series' reference with ``--no-hmc``)."""
+    suffix = image["suffix"]
+    pair = [image["path"], t1w]
+    facts = load_facts(item.get("coreg_run_facts"))
+    for key, src, dst in (("coreg_xfm", suffix, "T1w"), ("coreg_inv_xfm", "T1w", suffix)):
+        w.put(item.get(key), folder, ents | {"from": src, "to": dst, "mode": "image"}, "xfm",
+              ".txt", w.sidecar(pair, facts, Description=f"Affine transform, {src} to {dst}"))
+    static_series = suffix in ("bold", "dwi")
+    for space, key, ref in (("T1w", "image_t1w", t1w_uri),
+                            (template_space, "image_template", template_ref)):
+        path = _given(item.get(key))
+        if not space or not path:
+            continue
+        entities = ents | space_entities(space)
+        out_suffix = suffix
+        if static_series:
+            import nibabel as nb
+
+            shape = nb.load(str(path)).shape
+            out_suffix = f"{suffix}ref" if len(shape) < 4 or shape[3] == 1 else suffix
+        elif space == "T1w":  # anatomical images in T1w space: smriprep's desc-preproc
+            entities = ents | {"desc": "preproc"}
+        else:
+            entities |= {"desc": "preproc"}
+        w.put(path, folder, entities, out_suffix, ".nii.gz",
+              w.sidecar(pair, facts, SkullStripped=False, SpatialReference=ref,
+                        Description=f"The {suffix} image in {space_label(space)} space"))
 
 
 def sink_subject(output_dir, bids_dir, subject_data: dict, outputs: dict,
-                 template_space: str | None = None) -> list[str]:
+                 template_space=None) -> list[str]:
     """Write one subject/session's outputs as BIDS-Derivatives.
 
     Parameters
@@ -190,8 +223,9 @@ def sink_subject(output_dir, bids_dir, subject_data: dict, outputs: dict,
         As given to ``init_single_subject_wf``.
     outputs : dict
         ``outputnode`` fields (see :data:`OUTPUT_FIELDS`); missing ones are skipped.
-    template_space : str or None
-        Label of the template space (``None``: T1w only).
+    template_space : str, dict or Space, optional
+        The template space (a label, its entities, or an object with ``entities()``);
+        ``None``: T1w only.
 
     Returns
     -------
@@ -208,86 +242,62 @@ def sink_subject(output_dir, bids_dir, subject_data: dict, outputs: dict,
     """
     from niaffine.bidsapp.plausibility import ImplausibleRegistrationError
 
-    tree = drv.OutputTree(Path(output_dir), Path(bids_dir))
+    w = Writer(drv.OutputTree(Path(output_dir), Path(bids_dir)), Path(bids_dir))
     sub, ses = subject_data["subject"], subject_data.get("session")
     t1w, images = subject_data["t1w"], list(subject_data.get("images", []))
-    prefix = drv.subject_prefix(sub, ses)
+    prefix = {"sub": sub, "ses": ses or None}
+    problems = []
+    if template_space:
+        problem = _implausible(_given(outputs.get("t1w2template_xfm")),
+                               _given(outputs.get("t1w_template")), t1w)
+        if problem:
+            problems.append(problem)
+            template_space = None
     anat = drv.subject_dir(output_dir, sub, ses, "anat")
-    t1w_src = [drv.bids_uri(t1w, bids_dir)]
-    metrics_tpl, metrics_img = _match_metrics(_load_metrics(outputs.get("metrics")), t1w, images,
-                                              bool(template_space))
-    written: list[str] = []
-
-    def anat_name(entities, suffix, ext=".nii.gz"):
-        return anat / drv.build_name(prefix + entities, suffix, ext)
-
-    t1w_ref = anat_name([("desc", "preproc")], "T1w")
-    _put(tree, written, _first(outputs.get("t1w_preproc")), t1w_ref,
-         _sidecar(t1w_src, SkullStripped=False))
-    t1w_ref_uri = "bids::" + t1w_ref.relative_to(output_dir).as_posix()
-    _put(tree, written, _first(outputs.get("t1w_mask")),
-         anat_name([("desc", "brain")], "mask"), _sidecar(t1w_src, Type="Brain"))
-    _put(tree, written, _first(outputs.get("t1w_brain")),
-         anat_name([("desc", "brain")], "T1w"), _sidecar(t1w_src, SkullStripped=True))
-    fields = {k: _as_list(outputs.get(k)) for k in
-              ("coreg_xfms", "t1w2image_xfms", "images_t1w", "images_template")}
-    problems, normalised = _drop_implausible(outputs, fields, t1w, images, template_space)
-    if normalised:
-        fwd = [("from", "T1w"), ("to", template_space), ("mode", "image")]
-        inv = [("from", template_space), ("to", "T1w"), ("mode", "image")]
-        _put(tree, written, _first(outputs.get("t1w2template_xfm")),
-             anat_name(fwd, "xfm", ".txt"), _sidecar(t1w_src, metrics_tpl))
-        _put(tree, written, _first(outputs.get("template2t1w_xfm")),
-             anat_name(inv, "xfm", ".txt"), _sidecar(t1w_src, metrics_tpl))
-        _put(tree, written, _first(outputs.get("t1w_template")),
-             anat_name([("space", template_space), ("desc", "preproc")], "T1w"),
-             _sidecar(t1w_src, metrics_tpl, SkullStripped=False))
-
-    for i, image in enumerate(images):
-        _, suffix, _ = drv.parse_name(image["path"])
-        suffix = image.get("suffix") or suffix
-        folder = drv.subject_dir(output_dir, sub, ses, drv.DATATYPE.get(suffix, "anat"))
-        ents = drv.image_entities(image["path"], sub, ses)
-        src = [drv.bids_uri(image["path"], bids_dir)]
-        pair = src + t1w_src
-
-        def field(name, index=i):
-            items = fields[name]
-            return items[index] if index < len(items) else None
-
-        fwd = ents + [("from", suffix), ("to", "T1w"), ("mode", "image")]
-        inv = ents + [("from", "T1w"), ("to", suffix), ("mode", "image")]
-        _put(tree, written, field("coreg_xfms"), folder / drv.build_name(fwd, "xfm", ".txt"),
-             _sidecar(pair, metrics_img[i]))
-        _put(tree, written, field("t1w2image_xfms"),
-             folder / drv.build_name(inv, "xfm", ".txt"), _sidecar(pair, metrics_img[i]))
-        for space, key in (("T1w", "images_t1w"), (normalised, "images_template")):
-            path = field(key)
-            if space and path:
-                name = drv.build_name(drv.with_space(ents, space), _image_suffix(path, suffix),
-                                      ".nii.gz")
-                extra = {"SkullStripped": False}
-                if space == "T1w":
-                    extra["SpatialReference"] = t1w_ref_uri
-                _put(tree, written, path, folder / name, _sidecar(pair, metrics_img[i], **extra))
-
+    t1w_uri = _sink_anat(w, anat, prefix, t1w, outputs, template_space)
+    template_ref = _template_reference(outputs, template_space) if template_space else None
     figures = Path(output_dir) / f"sub-{sub}" / "figures"
-    for path, name in zip(_as_list(outputs.get("reportlets")),
-                          _figure_names(prefix, images, template_space,
-                                        len(_as_list(outputs.get("reportlets"))))):
-        _put(tree, written, path, figures / name)
+    reports = outputs.get("anat_reports") if isinstance(outputs.get("anat_reports"), dict) \
+        else {}
+    w.put(reports.get("brain_mask"), figures, prefix | {"desc": "brain"}, "mask", ".svg")
+    if template_space:
+        w.put(reports.get("normalisation"), figures, prefix | space_entities(template_space),
+              "T1w", ".svg")
+
+    for image, item in zip(images, _image_outputs(outputs, images)):
+        suffix = image["suffix"]
+        item = dict(item)
+        moving = item.get("reference") or image["path"]
+        problem = _implausible(_given(item.get("coreg_xfm")), t1w, moving)
+        if problem:
+            problems.append(problem)
+            for role in COREG_ROLES:
+                item.pop(role, None)
+        folder = drv.subject_dir(output_dir, sub, ses, drv.DATATYPE.get(suffix, "anat"))
+        ents = source_entities(image["path"], sub, ses)
+        if "hmc_xfm" in item:
+            sink_series(w, folder, ents, image, item, t1w=t1w, t1w_uri=t1w_uri,
+                        template_space=template_space, template_ref=template_ref)
+        else:
+            _sink_image(w, folder, ents, image, item, t1w, t1w_uri, template_space,
+                        template_ref)
+        w.put(item.get("coreg_report"), figures, ents | {"desc": "coreg"}, suffix, ".svg")
+        for role, desc in (("motion_report", "motion"), ("realignment_report", "realignment")):
+            w.put(item.get(role), figures, ents | {"desc": desc}, suffix, ".svg")
     LOGGER.info("sub-%s%s: %d derivatives written", sub, f" ses-{ses}" if ses else "",
-                len(written))
+                len(w.written))
     if problems:
         raise ImplausibleRegistrationError("; ".join(problems))
-    return written
+    return w.written
 
 
 class _SubjectSinkInputSpec(BaseInterfaceInputSpec):
     output_dir = traits.Str(mandatory=True, desc="derivatives root")
     bids_dir = traits.Str(mandatory=True, desc="raw dataset root")
     subject_data = traits.Dict(mandatory=True, desc="as given to init_single_subject_wf")
-    template_space = traits.Either(None, traits.Str, default=None, usedefault=True)
+    template_space = traits.Either(None, traits.Str, traits.Dict, default=None,
+                                   usedefault=True,
+                                   desc="template space: its label or its entities")
 
 
 for _field in OUTPUT_FIELDS:

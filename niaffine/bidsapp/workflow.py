@@ -72,6 +72,13 @@ def init_niaffine_wf(settings: Settings, subjects: list[dict]):
         "remove_unnecessary_outputs": False,
         "parameterize_dirs": False,
     })
+    if settings.resample_bold and settings.hmc:
+        LOGGER.warning("--resample-bold has no effect: realigned BOLD series are always "
+                       "resampled into the output spaces (it only applies with --no-hmc)")
+    # the sink names files from the template space's entities (res-N, cohort-M included)
+    template = next((space for space in settings.spaces if space.is_template), None)
+    template_space = template.entities() if template is not None and \
+        settings.template_space else settings.template_space
     batched = settings.batch_size > 1 and settings.template_space is not None
     singles = []
     by_subject: dict[str, list] = {}
@@ -89,6 +96,7 @@ def init_niaffine_wf(settings: Settings, subjects: list[dict]):
             dof_coreg=settings.dof_coreg,
             metric=settings.metric,
             resample_bold=settings.resample_bold,
+            hmc=settings.hmc,
             device=settings.device,
             seed=settings.random_seed,
             omp_nthreads=settings.omp_nthreads,
@@ -99,7 +107,7 @@ def init_niaffine_wf(settings: Settings, subjects: list[dict]):
         singles.append(single)
         sink = pe.Node(
             SubjectSink(output_dir=str(settings.output_dir), bids_dir=str(settings.bids_dir),
-                        subject_data=data, template_space=settings.template_space),
+                        subject_data=data, template_space=template_space),
             name=name.replace("_wf", "_ds"), run_without_submitting=True)
         fields = [f for f in _outputnode_fields(single) if f in OUTPUT_FIELDS]
         workflow.connect([(single, sink, [(f"outputnode.{f}", f) for f in fields])])

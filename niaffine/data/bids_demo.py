@@ -130,7 +130,7 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _dataset_files(root: Path, subjects: Sequence[DemoSubject]) -> None:
+def _dataset_files(root: Path, subjects: Sequence[DemoSubject], dwi: bool = False) -> None:
     _write_json(root / "dataset_description.json", {
         "Name": "niaffine demo: MNI152 anatomy with known affines",
         "BIDSVersion": "1.10.0",
@@ -150,13 +150,17 @@ def _dataset_files(root: Path, subjects: Sequence[DemoSubject]) -> None:
                 "Levels": {"F": "female", "M": "male"}},
     })
     _write_json(root / "task-rest_bold.json", {"TaskName": "rest", "RepetitionTime": TR})
+    if dwi:
+        _write_json(root / "dwi.json", {"PhaseEncodingDirection": "j",
+                                        "TotalReadoutTime": 0.05, "RepetitionTime": TR})
     (root / ".bidsignore").write_text("sourcedata/\n")
 
 
 def generate_demo_dataset(root, *, subjects: Sequence[DemoSubject] = DEMO_SUBJECTS,
                           seed: int = 0, resolution: float = 1.0, t2w: bool = True,
                           bold: bool = True, bold_voxel: float = 3.5,
-                          bold_volumes: int = 5) -> dict:
+                          bold_volumes: int = 5, bold_motion: float = 0.0,
+                          dwi: bool = False) -> dict:
     """Write the demo BIDS dataset and its ground truth under ``root``.
 
     Parameters
@@ -178,13 +182,21 @@ def generate_demo_dataset(root, *, subjects: Sequence[DemoSubject] = DEMO_SUBJEC
         BOLD voxel size (mm).
     bold_volumes : int
         BOLD volumes.
+    bold_motion : float
+        Head motion within the BOLD (and DWI) runs: every volume after the first is seen
+        through its own random rigid motion of up to this many degrees and millimetres
+        (0: a still head, the volumes differ by noise only).
+    dwi : bool
+        Also write a DWI run per session (:data:`DWI_BVALS`: b=0 and b=1000 volumes, random
+        gradient directions, ``PhaseEncodingDirection`` j), moving as ``bold_motion`` says.
 
     Returns
     -------
     truth : dict
         ``{"sub-01[_ses-A]": {"t1w": relpath, "t1w_to_template": 4x4 list,
         "brain_mask": relpath, "images": {relpath: {"suffix", "to_t1w"}}}}``, also written to
-        ``sourcedata/groundtruth/groundtruth.json``.
+        ``sourcedata/groundtruth/groundtruth.json``. Series also hold ``volumes_to_t1w``:
+        per volume, the T1w-to-volume matrix (``to_t1w`` is the first volume's).
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -194,7 +206,7 @@ def generate_demo_dataset(root, *, subjects: Sequence[DemoSubject] = DEMO_SUBJEC
     head_points = nib.affines.apply_affine(head_t1.affine, support)
     brain_vox = np.argwhere(np.asarray(mask.dataobj) > 0)
     centre = nib.affines.apply_affine(mask.affine, brain_vox.mean(axis=0))
-    _dataset_files(root, subjects)
+    _dataset_files(root, subjects, dwi)
     truth_dir = root / "sourcedata" / "groundtruth"
     truth: dict = {}
     for subject in subjects:
@@ -209,7 +221,7 @@ def generate_demo_dataset(root, *, subjects: Sequence[DemoSubject] = DEMO_SUBJEC
             grid, shape = _fov_grid(head_points, to_t1w, subject.t1w_voxel,
                                     subject.orientation, subject.oblique_deg)
             t1w_rel = rel / "anat" / f"{key}_T1w.nii.gz"
-            for datatype in ("anat", "func"):
+            for datatype in ("anat", "func") + (("dwi",) if dwi else ()):
                 (root / rel / datatype).mkdir(parents=True, exist_ok=True)
             nib.save(_to_int16(_acquire(head_t1, to_t1w, grid, shape, rng)), root / t1w_rel)
             brain = warp_to_grid(mask, to_t1w, grid, shape, order=0)
@@ -236,20 +248,81 @@ def generate_demo_dataset(root, *, subjects: Sequence[DemoSubject] = DEMO_SUBJEC
                 matrix = motion @ to_t1w
                 g3, s3 = _fov_grid(head_points, matrix, (bold_voxel,) * 3, "LAS",
                                    float(rng.uniform(-15, 15)), margin=4.0)
-                base = _acquire(head_t2, matrix, g3, s3, rng, noise=0.0)
-                vols = [np.asarray(add_noise(base, rng, sigma_fraction=0.03).dataobj)
-                        * (1.0 + 0.01 * rng.standard_normal()) for _ in range(bold_volumes)]
+                if bold_motion:
+                    moves = _head_motion(rng, bold_volumes, bold_motion, t1w_centre)
+                    vols, truths = _moving_series(head_t2, [1.0] * bold_volumes, motion,
+                                                  moves, to_t1w, g3, s3, rng)
+                else:
+                    base = _acquire(head_t2, matrix, g3, s3, rng, noise=0.0)
+                    vols = [np.asarray(add_noise(base, rng, sigma_fraction=0.03).dataobj)
+                            * (1.0 + 0.01 * rng.standard_normal()) for _ in range(bold_volumes)]
+                    truths = [motion.tolist()] * bold_volumes
                 series = nib.Nifti1Image(np.stack(vols, axis=-1), g3)
                 out = _to_int16(series)
                 out.header.set_zooms((bold_voxel,) * 3 + (TR,))
                 bold_rel = rel / "func" / f"{key}_task-rest_bold.nii.gz"
                 nib.save(out, root / bold_rel)
                 entry["images"][bold_rel.as_posix()] = {"suffix": "bold",
-                                                        "to_t1w": motion.tolist()}
+                                                        "to_t1w": motion.tolist(),
+                                                        "volumes_to_t1w": truths}
+            if dwi:
+                entry["images"].update(_write_dwi(root, rel, key, head_t2, head_points, to_t1w,
+                                                  t1w_centre, bold_voxel, bold_motion, rng))
             truth[key] = entry
             LOGGER.info("demo: wrote %s (T1w grid %s at %s mm)", key, shape, subject.t1w_voxel)
     _write_json(truth_dir / "groundtruth.json", truth)
     return truth
+
+
+#: b-values of the demo DWI runs (b=0 volumes interspersed, as most protocols do).
+DWI_BVALS = (0, 1000, 1000, 1000, 0, 1000, 1000, 1000)
+#: Signal of a diffusion-weighted volume relative to b=0 (a uniform attenuation).
+DWI_ATTENUATION = 0.4
+
+
+def _head_motion(rng, n_volumes: int, size: float, centre) -> list[np.ndarray]:
+    """T1w-to-T1w rigid motions of a head: the identity, then up to ``size`` deg and mm."""
+    return [np.eye(4)] + [random_affine(rng, max_rotation_deg=size, max_translation_mm=size,
+                                        dof=6, centre=centre) for _ in range(n_volumes - 1)]
+
+
+def _moving_series(source, scales, motion, moves, to_t1w, grid, shape, rng):
+    """Volumes of a moving head (one bias field for all), and each volume's T1w map."""
+    bias = bias_field(shape, rng, strength=0.2)
+    vols, truths = [], []
+    for scale, move in zip(scales, moves):
+        volume = warp_to_grid(source, motion @ move @ to_t1w, grid, shape, order=1)
+        data = np.clip(np.asarray(volume.dataobj), 0.0, None) * bias * scale
+        noisy = add_noise(nib.Nifti1Image(data, grid), rng, sigma_fraction=0.03)
+        vols.append(np.asarray(noisy.dataobj))
+        truths.append((motion @ move).tolist())
+    return vols, truths
+
+
+def _write_dwi(root, rel, key, head_t2, head_points, to_t1w, centre, voxel, motion_size, rng):
+    """A DWI run (:data:`DWI_BVALS`) with its .bval/.bvec; returns its ground-truth entry."""
+    motion = random_affine(rng, max_rotation_deg=6.0, max_translation_mm=6.0, dof=6,
+                           centre=centre)
+    grid, shape = _fov_grid(head_points, motion @ to_t1w, (voxel,) * 3, "LPS",
+                            float(rng.uniform(-10, 10)), margin=4.0)
+    bvals = np.array(DWI_BVALS, dtype=float)
+    moves = _head_motion(rng, len(bvals), motion_size, centre) if motion_size else \
+        [np.eye(4)] * len(bvals)
+    scales = [1.0 if b == 0 else DWI_ATTENUATION for b in bvals]
+    vols, truths = _moving_series(head_t2, scales, motion, moves, to_t1w, grid, shape, rng)
+    out = _to_int16(nib.Nifti1Image(np.stack(vols, axis=-1), grid))
+    out.header.set_zooms((voxel,) * 3 + (TR,))
+    dwi_rel = rel / "dwi" / f"{key}_dwi.nii.gz"
+    nib.save(out, root / dwi_rel)
+    bvecs = rng.standard_normal((3, len(bvals)))
+    bvecs /= np.linalg.norm(bvecs, axis=0)
+    bvecs[:, bvals == 0] = 0.0
+    stem = str(root / dwi_rel)[: -len(".nii.gz")]
+    Path(stem + ".bval").write_text(" ".join(f"{b:g}" for b in bvals) + "\n")
+    Path(stem + ".bvec").write_text("\n".join(" ".join(f"{v:.6f}" for v in row)
+                                              for row in bvecs) + "\n")
+    return {dwi_rel.as_posix(): {"suffix": "dwi", "to_t1w": motion.tolist(),
+                                 "volumes_to_t1w": truths}}
 
 
 def load_ground_truth(root) -> dict:
@@ -259,6 +332,8 @@ def load_ground_truth(root) -> dict:
         entry["t1w_to_template"] = np.array(entry["t1w_to_template"])
         for image in entry["images"].values():
             image["to_t1w"] = np.array(image["to_t1w"])
+            if "volumes_to_t1w" in image:
+                image["volumes_to_t1w"] = np.array(image["volumes_to_t1w"])
     return truth
 
 

@@ -14,6 +14,7 @@ from niaffine.interfaces.templates import KNOWN_TEMPLATES
 
 from .brainmask import init_brainmask_wf
 from .coreg import init_coreg_wf
+from .hmc import SERIES_OUTPUTS, init_series_wf
 from .resample import init_resample_wf
 from .template import init_template_wf
 
@@ -34,8 +35,41 @@ PRECOMPUTED_INPUTS = {
 OUTPUT_FIELDS = [
     "t1w_preproc", "t1w_mask", "t1w_brain", "t1w2template_xfm", "template2t1w_xfm",
     "t1w_template", "template", "coreg_xfms", "t1w2image_xfms", "images_t1w",
-    "images_template", "reportlets", "metrics",
+    "images_template", "reportlets", "metrics", "anat_reports", "template_run_facts",
+    "image_outputs",
 ]
+#: Keys of an ``image_outputs`` item for every image (``init_coreg_wf`` and
+#: ``init_resample_wf``); a realigned series adds :data:`niaffine.workflows.hmc.SERIES_OUTPUTS`.
+IMAGE_ROLES = ["coreg_xfm", "coreg_inv_xfm", "coreg_report", "coreg_run_facts", "image_t1w",
+               "image_template"]
+
+
+def bundle_outputs(**roles) -> dict:
+    """One image's outputs as ``{role: path}`` (roles without a value left out).
+
+    >>> bundle_outputs(coreg_xfm="a.txt", image_t1w=None)
+    {'coreg_xfm': 'a.txt'}
+    """
+    return {role: value for role, value in roles.items() if value is not None}
+
+
+def _bundle_node(roles, name) -> pe.Node:
+    node = pe.Node(niu.Function(input_names=list(roles), output_names=["out"],
+                                function=bundle_outputs),
+                   name=name, run_without_submitting=True)
+    for role in roles:  # unconnected roles stay None (left out of the dict)
+        setattr(node.inputs, role, None)
+    return node
+
+
+def series_voxel_size(path) -> list[float] | None:
+    """The voxel size of a series (its T1w-space outputs' resolution), None if unreadable."""
+    import nibabel as nb
+
+    try:
+        return [float(z) for z in nb.load(str(path)).header.get_zooms()[:3]]
+    except Exception:  # the pre-flight checks name a bad file; the graph still builds
+        return None
 
 
 def select_template_space(
@@ -96,6 +130,7 @@ def init_single_subject_wf(
     dof_coreg: int = 6,
     metric: str = "auto",
     resample_bold: bool = False,
+    hmc: bool = True,
     device: str = "cpu",
     seed: int = 0,
     omp_nthreads: int = 1,
@@ -117,7 +152,9 @@ def init_single_subject_wf(
     ----------
     subject_data : dict
         ``{"subject": "01", "session": None or "A", "t1w": path, "images": [{"path": ...,
-        "suffix": "T2w" | "FLAIR" | "PDw" | "bold" | "dwi", "bvals": path or None}, ...]}``.
+        "suffix": "T2w" | "FLAIR" | "PDw" | "bold" | "dwi", "bvals": path or None,
+        "bvecs": path or None, "metadata": {...}}, ...]}`` (``metadata``: the raw sidecar's,
+        e.g. ``PhaseEncodingDirection`` for DWI).
     output_spaces : sequence of str
         ``"T1w"`` and/or ``"MNI152NLin2009aSym"`` (or the path of a template image). Without
         a template space, normalisation is skipped and the template outputs are ``None``
@@ -133,8 +170,13 @@ def init_single_subject_wf(
     metric : str
         Metric of the coregistrations (``mi``); normalisation uses ``mi`` too.
     resample_bold : bool
-        Resample whole BOLD series (4D) rather than their reference volume. DWI series
-        always give their reference volume (gradient directions are not rotated here).
+        Without ``hmc`` only: resample whole BOLD series (4D, one transform) rather than
+        their reference volume.
+    hmc : bool
+        Realign every BOLD and DWI series (:func:`niaffine.workflows.hmc.init_series_wf`:
+        head motion, DWI eddy currents, the reference coregistered to the T1w, the series
+        resampled once per volume into T1w and template space, b-vectors rotated). Off:
+        a reference volume of the series is coregistered and resampled as a static image.
     device : str
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto``. Brain extraction and registration nodes on
         CUDA have ``use_gpu`` set, so MultiProc's ``n_gpu_procs`` limits how many run at once.
@@ -195,6 +237,14 @@ def init_single_subject_wf(
         List of JSON run-facts files, one per registration (normalisation first, then one
         per image): ``{"source", "target", "metric", "final_metric", "dof", "iterations",
         "elapsed_s", "mask_volume_ml", ...}``.
+    anat_reports
+        ``{"brain_mask": svg, "normalisation": svg}`` (the latter with a template space).
+    template_run_facts
+        The normalisation's run facts (None without a template space).
+    image_outputs
+        List, in the order of ``subject_data["images"]``: one dict per image, ``{role:
+        path}`` with the roles of :data:`IMAGE_ROLES` and, for a realigned series, those of
+        :data:`niaffine.workflows.hmc.SERIES_OUTPUTS`. This is what the BIDS-App writes.
 
     Examples
     --------
@@ -237,6 +287,9 @@ def init_single_subject_wf(
     )
     workflow.connect(brainmask_wf, f"{bm}out_report", merge_reportlets, "in1")
     workflow.connect(merge_reportlets, "out", outputnode, "reportlets")
+    anat_reports = _bundle_node(["brain_mask", "normalisation"], "anat_reports")
+    workflow.connect(brainmask_wf, f"{bm}out_report", anat_reports, "brain_mask")
+    workflow.connect(anat_reports, "out", outputnode, "anat_reports")
     n_metrics = int(normalise) + n_images
     if n_metrics:
         merge_metrics = pe.Node(
@@ -264,23 +317,25 @@ def init_single_subject_wf(
             (template_wf, outputnode, [("outputnode.t1w2template_xfm", "t1w2template_xfm"),
                                        ("outputnode.template2t1w_xfm", "template2t1w_xfm"),
                                        ("outputnode.t1w_template", "t1w_template"),
-                                       ("outputnode.template", "template")]),
+                                       ("outputnode.template", "template"),
+                                       ("outputnode.run_facts", "template_run_facts")]),
             (template_wf, merge_reportlets, [("outputnode.out_report", "in2")]),
+            (template_wf, anat_reports, [("outputnode.out_report", "normalisation")]),
             (template_wf, merge_metrics, [("outputnode.run_facts", "in1")]),
         ])
         # fmt: on
     else:
-        outputnode.inputs.t1w2template_xfm = None
-        outputnode.inputs.template2t1w_xfm = None
-        outputnode.inputs.t1w_template = None
-        outputnode.inputs.template = None
+        for field in ("t1w2template_xfm", "template2t1w_xfm", "t1w_template", "template",
+                      "template_run_facts"):
+            setattr(outputnode.inputs, field, None)
 
     if not n_images:
-        for field in ("coreg_xfms", "t1w2image_xfms", "images_t1w", "images_template"):
+        for field in ("coreg_xfms", "t1w2image_xfms", "images_t1w", "images_template",
+                      "image_outputs"):
             setattr(outputnode.inputs, field, [])
         return workflow
 
-    list_fields = ["coreg_xfms", "t1w2image_xfms", "images_t1w"]
+    list_fields = ["coreg_xfms", "t1w2image_xfms", "images_t1w", "image_outputs"]
     if normalise:
         list_fields.append("images_template")
     else:
@@ -299,6 +354,47 @@ def init_single_subject_wf(
             niu.Select(index=index), name=f"select_image_{label}", run_without_submitting=True
         )
         workflow.connect(inputnode, "images", select_image, "inlist")
+        port = f"in{index + 1}"
+        if hmc and suffix in SERIES_SUFFIXES:
+            to_template = normalise and suffix == "bold"  # DWI: T1w space (b-vectors)
+            series_wf = init_series_wf(
+                kind=suffix, with_template=to_template,
+                voxel_size=series_voxel_size(image["path"]),
+                pe_dir=(image.get("metadata") or {}).get("PhaseEncodingDirection") or "auto",
+                dof_coreg=dof_coreg, metric=metric, device=device, seed=seed,
+                omp_nthreads=omp_nthreads, name=f"series_{label}_wf")
+            if suffix == "dwi":
+                series_wf.inputs.inputnode.in_bval = os.path.abspath(image["bvals"])
+                series_wf.inputs.inputnode.in_bvec = os.path.abspath(image["bvecs"])
+            bundle = _bundle_node(SERIES_OUTPUTS, f"outputs_{label}")
+            # fmt: off
+            workflow.connect([
+                (select_image, series_wf, [("out", "inputnode.in_file")]),
+                (inputnode, series_wf, [("t1w", "inputnode.t1w")]),
+                (brainmask_wf, series_wf, [(f"{bm}out_brain", "inputnode.t1w_brain"),
+                                           (f"{bm}out_mask", "inputnode.t1w_mask")]),
+                (series_wf, bundle, [(f"outputnode.{role}", role) for role in SERIES_OUTPUTS]),
+                (series_wf, merges["coreg_xfms"], [("outputnode.coreg_xfm", port)]),
+                (series_wf, merges["t1w2image_xfms"], [("outputnode.coreg_inv_xfm", port)]),
+                (series_wf, merges["images_t1w"], [("outputnode.reference_t1w", port)]),
+                (series_wf, merge_reportlets, [("outputnode.coreg_report",
+                                                f"in{2 + int(normalise) + index}")]),
+                (series_wf, merge_metrics, [("outputnode.coreg_run_facts",
+                                             f"in{1 + int(normalise) + index}")]),
+                (bundle, merges["image_outputs"], [("out", port)]),
+            ])
+            if normalise and not to_template:
+                setattr(merges["images_template"].inputs, port, None)
+            elif normalise:
+                workflow.connect([
+                    (template_wf, series_wf, [("outputnode.t1w2template_xfm",
+                                               "inputnode.t1w2template_xfm"),
+                                              ("outputnode.template", "inputnode.template")]),
+                    (series_wf, merges["images_template"], [("outputnode.reference_template",
+                                                             port)]),
+                ])
+            # fmt: on
+            continue
         moving = (select_image, "out")
         if suffix in SERIES_SUFFIXES:
             image_reference = pe.Node(ReferenceVolume(), name=f"image_reference_{label}")
@@ -317,6 +413,7 @@ def init_single_subject_wf(
             name=f"resample_{label}_wf",
         )
         resampled = (select_image, "out") if series else moving
+        bundle = _bundle_node(IMAGE_ROLES, f"outputs_{label}")
         # fmt: off
         workflow.connect([
             (moving[0], coreg_wf, [(moving[1], "inputnode.in_file")]),
@@ -325,21 +422,27 @@ def init_single_subject_wf(
             (resampled[0], resample_wf, [(resampled[1], "inputnode.in_file")]),
             (inputnode, resample_wf, [("t1w", "inputnode.t1w_reference")]),
             (coreg_wf, resample_wf, [("outputnode.xfm", "inputnode.coreg_xfm")]),
-            (coreg_wf, merges["coreg_xfms"], [("outputnode.xfm", f"in{index + 1}")]),
-            (coreg_wf, merges["t1w2image_xfms"], [("outputnode.inv_xfm", f"in{index + 1}")]),
-            (resample_wf, merges["images_t1w"], [("outputnode.out_t1w", f"in{index + 1}")]),
+            (coreg_wf, merges["coreg_xfms"], [("outputnode.xfm", port)]),
+            (coreg_wf, merges["t1w2image_xfms"], [("outputnode.inv_xfm", port)]),
+            (resample_wf, merges["images_t1w"], [("outputnode.out_t1w", port)]),
             (coreg_wf, merge_reportlets, [("outputnode.out_report",
                                            f"in{2 + int(normalise) + index}")]),
             (coreg_wf, merge_metrics, [("outputnode.run_facts",
                                         f"in{1 + int(normalise) + index}")]),
+            (coreg_wf, bundle, [("outputnode.xfm", "coreg_xfm"),
+                                ("outputnode.inv_xfm", "coreg_inv_xfm"),
+                                ("outputnode.out_report", "coreg_report"),
+                                ("outputnode.run_facts", "coreg_run_facts")]),
+            (resample_wf, bundle, [("outputnode.out_t1w", "image_t1w")]),
+            (bundle, merges["image_outputs"], [("out", port)]),
         ])
         if normalise:
             workflow.connect([
                 (template_wf, resample_wf, [("outputnode.t1w2template_xfm",
                                              "inputnode.t1w2template_xfm"),
                                             ("outputnode.template", "inputnode.template")]),
-                (resample_wf, merges["images_template"], [("outputnode.out_template",
-                                                           f"in{index + 1}")]),
+                (resample_wf, merges["images_template"], [("outputnode.out_template", port)]),
+                (resample_wf, bundle, [("outputnode.out_template", "image_template")]),
             ])
         # fmt: on
     return workflow

@@ -195,6 +195,7 @@ def init_series_resample_wf(
     *,
     with_template: bool = True,
     interpolation: str = "Linear",
+    device: str = "cpu",
     omp_nthreads: int = 1,
     mem_gb: float = 4.0,
     name: str = "series_resample_wf",
@@ -207,6 +208,8 @@ def init_series_resample_wf(
     with_template : bool
         Also resample into template space.
     interpolation : {"Linear", "BSpline"}
+    device : str
+        Where the series are resampled (``cpu``, ``cuda``...; CUDA nodes take a GPU slot).
     omp_nthreads : int
     mem_gb : float
     name : str
@@ -224,7 +227,8 @@ def init_series_resample_wf(
     t1w_reference
         Image on the T1w grid.
     voxel_size
-        Resolution of the T1w-space outputs (e.g. the series' voxel size; None: the T1w's).
+        Resolution of the outputs on the T1w's and the template's field of view (e.g. the
+        series' voxel size, fMRIPrep's native resolution; None: the T1w's and the template's).
     t1w2template_xfm, template
         T1w -> template transform and the template image.
     in_bvec, in_bval, pe_direction
@@ -253,10 +257,12 @@ def init_series_resample_wf(
         "series_t1w", "reference_t1w", "mask_t1w", "bvec_t1w", "series_template",
         "reference_template", "mask_template"]), name="outputnode")
 
+    settings = compute_settings(device, omp_nthreads)
+
     def series_node(node_name, postfix):
         return pe.Node(ApplySeriesTransforms(interpolation=interpolation, out_postfix=postfix,
-                                             num_threads=omp_nthreads),
-                       name=node_name, n_procs=omp_nthreads, mem_gb=mem_gb)
+                                             **settings["inputs"]),
+                       name=node_name, n_procs=settings["n_procs"], mem_gb=mem_gb)
 
     def image_node(node_name, postfix, nearest=False):
         return pe.Node(ApplyAffine(interpolation="NearestNeighbor" if nearest else "Linear",
@@ -291,17 +297,143 @@ def init_series_resample_wf(
     workflow.connect([
         (inputnode, chain, [("t1w2template_xfm", "in1"), ("coreg_xfm", "in2")]),
         (inputnode, series_template, [("in_file", "input_image"), ("template", "reference_image"),
-                                      ("hmc_xfm", "hmc_transforms")]),
+                                      ("hmc_xfm", "hmc_transforms"),
+                                      ("voxel_size", "voxel_size")]),
         (chain, series_template, [("out", "transforms")]),
-        (inputnode, reference_template, [("reference", "input_image"),
-                                         ("template", "reference_image")]),
+        (inputnode, reference_template, [("reference", "input_image")]),
+        (series_template, reference_template, [("output_image", "reference_image")]),
         (chain, reference_template, [("out", "transforms")]),
-        (inputnode, mask_template, [("reference_mask", "input_image"),
-                                    ("template", "reference_image")]),
+        (inputnode, mask_template, [("reference_mask", "input_image")]),
+        (series_template, mask_template, [("output_image", "reference_image")]),
         (chain, mask_template, [("out", "transforms")]),
         (series_template, outputnode, [("output_image", "series_template")]),
         (reference_template, outputnode, [("output_image", "reference_template")]),
         (mask_template, outputnode, [("output_image", "mask_template")]),
     ])
+    # fmt: on
+    return workflow
+
+
+#: Outputs of ``init_series_wf``: the head-motion outputs, the reference's coregistration to
+#: the T1w and the series resampled into T1w (and template) space.
+SERIES_OUTPUTS = [
+    "hmc_xfm", "reference", "reference_mask", "confounds_file", "confounds_metadata",
+    "motion_report", "realignment_report", "hmc_run_facts", "pe_direction", "coreg_xfm",
+    "coreg_inv_xfm", "coreg_report", "coreg_run_facts", "series_t1w", "reference_t1w",
+    "mask_t1w", "bvec_t1w", "series_template", "reference_template", "mask_template",
+]
+
+
+def init_series_wf(
+    *,
+    kind: str,
+    with_template: bool = True,
+    voxel_size=None,
+    pe_dir: str = "auto",
+    dof_coreg: int = 6,
+    metric: str = "auto",
+    device: str = "cpu",
+    seed: int = 0,
+    omp_nthreads: int = 1,
+    mem_gb: float = 2.0,
+    name: str = "series_wf",
+) -> pe.Workflow:
+    """A BOLD or DWI run: head motion, reference to T1w, the series in T1w/template space.
+
+    ``init_bold_hmc_wf`` (or ``init_dwi_hmc_wf``) -> ``init_coreg_wf`` on the reference ->
+    ``init_series_resample_wf``: every volume interpolated once through
+    ``hmc_t @ coreg (@ normalisation)``.
+
+    Parameters
+    ----------
+    kind : {"bold", "dwi"}
+    with_template : bool
+        Also resample into template space.
+    voxel_size : float or sequence of float, optional
+        Resolution of the T1w-space series (the series' own: fMRIPrep's native resolution).
+    pe_dir : str
+        DWI: the BIDS ``PhaseEncodingDirection`` or ``auto``.
+    dof_coreg, metric : int, str
+        Of the reference-to-T1w registration (the realignment keeps its own defaults:
+        rigid for BOLD and b=0 volumes, 12 dof for diffusion-weighted ones).
+    device, seed, omp_nthreads, mem_gb, name
+
+    Inputs
+    ------
+    in_file, in_bval, in_bvec
+        The raw series (and, for DWI, its FSL b-values and b-vectors).
+    t1w, t1w_brain, t1w_mask
+        The T1w (output grid), its brain and brain mask (coregistration).
+    t1w2template_xfm, template
+        Normalisation, when ``with_template``.
+
+    Outputs
+    -------
+    See :data:`SERIES_OUTPUTS`.
+
+    Examples
+    --------
+    >>> wf = init_series_wf(kind="dwi", with_template=False)
+    >>> sorted(n for n in wf.list_node_names() if n.count(".") == 0)[:2]
+    ['inputnode', 'outputnode']
+    """
+    from .coreg import init_coreg_wf
+
+    if kind not in ("bold", "dwi"):
+        raise ValueError(f"kind must be 'bold' or 'dwi', got {kind!r}")
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=[
+        "in_file", "in_bval", "in_bvec", "t1w", "t1w_brain", "t1w_mask", "t1w2template_xfm",
+        "template"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=SERIES_OUTPUTS), name="outputnode")
+    factory = init_bold_hmc_wf if kind == "bold" else init_dwi_hmc_wf
+    hmc_wf = factory(device=device, seed=seed, omp_nthreads=omp_nthreads, mem_gb=mem_gb,
+                     name=f"{kind}_hmc_wf")
+    coreg_wf = init_coreg_wf(dof=dof_coreg, metric=metric, device=device, seed=seed,
+                             omp_nthreads=omp_nthreads,
+                             title=f"{kind}ref to T1w ({dof_coreg} dof)", name="coreg_wf")
+    resample_wf = init_series_resample_wf(with_template=with_template, device=device,
+                                          omp_nthreads=omp_nthreads, mem_gb=2 * mem_gb,
+                                          name="resample_wf")
+    resample_wf.inputs.inputnode.voxel_size = voxel_size
+    hmc_fields = ["hmc_xfm", "reference", "reference_mask", "confounds_file",
+                  "confounds_metadata", "motion_report", "realignment_report", "pe_direction"]
+    # fmt: off
+    workflow.connect([
+        (inputnode, hmc_wf, [("in_file", "inputnode.in_file")]),
+        (hmc_wf, coreg_wf, [("outputnode.reference", "inputnode.in_file")]),
+        (inputnode, coreg_wf, [("t1w_brain", "inputnode.t1w_brain"),
+                               ("t1w_mask", "inputnode.t1w_mask")]),
+        (inputnode, resample_wf, [("in_file", "inputnode.in_file"),
+                                  ("t1w", "inputnode.t1w_reference")]),
+        (hmc_wf, resample_wf, [("outputnode.hmc_xfm", "inputnode.hmc_xfm"),
+                               ("outputnode.reference", "inputnode.reference"),
+                               ("outputnode.reference_mask", "inputnode.reference_mask")]),
+        (coreg_wf, resample_wf, [("outputnode.xfm", "inputnode.coreg_xfm")]),
+        (hmc_wf, outputnode, [(f"outputnode.{f}", f) for f in hmc_fields]
+         + [("outputnode.run_facts", "hmc_run_facts")]),
+        (coreg_wf, outputnode, [("outputnode.xfm", "coreg_xfm"),
+                                ("outputnode.inv_xfm", "coreg_inv_xfm"),
+                                ("outputnode.out_report", "coreg_report"),
+                                ("outputnode.run_facts", "coreg_run_facts")]),
+        (resample_wf, outputnode, [(f"outputnode.{f}", f) for f in (
+            "series_t1w", "reference_t1w", "mask_t1w", "bvec_t1w")]),
+    ])
+    if kind == "dwi":
+        hmc_wf.inputs.inputnode.pe_dir = pe_dir
+        workflow.connect([
+            (inputnode, hmc_wf, [("in_bval", "inputnode.in_bval"),
+                                 ("in_bvec", "inputnode.in_bvec")]),
+            (inputnode, resample_wf, [("in_bval", "inputnode.in_bval"),
+                                      ("in_bvec", "inputnode.in_bvec")]),
+            (hmc_wf, resample_wf, [("outputnode.pe_direction", "inputnode.pe_direction")]),
+        ])
+    if with_template:
+        workflow.connect([
+            (inputnode, resample_wf, [("t1w2template_xfm", "inputnode.t1w2template_xfm"),
+                                      ("template", "inputnode.template")]),
+            (resample_wf, outputnode, [(f"outputnode.{f}", f) for f in (
+                "series_template", "reference_template", "mask_template")]),
+        ])
     # fmt: on
     return workflow

@@ -11,7 +11,8 @@ from nipype.pipeline import engine as pe
 
 FIELDS = ["t1w_preproc", "t1w_mask", "t1w_brain", "t1w2template_xfm", "template2t1w_xfm",
           "t1w_template", "template", "coreg_xfms", "t1w2image_xfms", "images_t1w",
-          "images_template", "reportlets", "metrics"]
+          "images_template", "reportlets", "metrics", "anat_reports", "template_run_facts",
+          "image_outputs"]
 
 
 def fake_outputs(subject_data, template_space, fail_subject, fail_input, pid_dir, sleep_s,
@@ -71,15 +72,16 @@ def fake_outputs(subject_data, template_space, fail_subject, fail_input, pid_dir
         "t1w_brain": save(data * mask, t1w, "t1w_brain.nii.gz"),
         "coreg_xfms": [], "t1w2image_xfms": [], "images_t1w": [], "images_template": [],
         "reportlets": [],
-        "metrics": [],
+        "metrics": [], "anat_reports": {}, "template_run_facts": None, "image_outputs": [],
     }
 
     def svg(name):
         out["reportlets"].append(text(name, '<svg xmlns="http://www.w3.org/2000/svg" '
                                       'width="40" height="20"><rect width="40" height="20" '
                                       'fill="#369"/></svg>'))
+        return out["reportlets"][-1]
 
-    svg("mask_report.svg")
+    out["anat_reports"]["brain_mask"] = svg("mask_report.svg")
     if template_space:
         out["t1w2template_xfm"] = text("t1w2template.txt", identity)
         out["template2t1w_xfm"] = text("template2t1w.txt", identity)
@@ -87,7 +89,8 @@ def fake_outputs(subject_data, template_space, fail_subject, fail_input, pid_dir
         out["template"] = template_space
         out["metrics"].append(metrics("metrics_t1w.json", subject_data["t1w"], template_space,
                                       12))
-        svg("template_report.svg")
+        out["template_run_facts"] = out["metrics"][-1]
+        out["anat_reports"]["normalisation"] = svg("template_report.svg")
     for i, image in enumerate(subject_data["images"]):
         img = nb.load(image["path"])
         arr = np.asarray(img.dataobj, dtype=np.float32)
@@ -99,16 +102,22 @@ def fake_outputs(subject_data, template_space, fail_subject, fail_input, pid_dir
         if template_space:
             out["images_template"].append(save(arr, img, f"image{i}_tpl.nii.gz"))
         out["metrics"].append(metrics(f"metrics{i}.json", image["path"], subject_data["t1w"], 6))
-        svg(f"coreg{i}_report.svg")
+        out["image_outputs"].append({
+            "coreg_xfm": out["coreg_xfms"][-1], "coreg_inv_xfm": out["t1w2image_xfms"][-1],
+            "image_t1w": out["images_t1w"][-1], "coreg_run_facts": out["metrics"][-1],
+            "coreg_report": svg(f"coreg{i}_report.svg")})
+        if template_space:
+            out["image_outputs"][-1]["image_template"] = out["images_template"][-1]
     fields = ["t1w_preproc", "t1w_mask", "t1w_brain", "t1w2template_xfm", "template2t1w_xfm",
               "t1w_template", "template", "coreg_xfms", "t1w2image_xfms", "images_t1w",
-              "images_template", "reportlets", "metrics"]
+              "images_template", "reportlets", "metrics", "anat_reports", "template_run_facts",
+              "image_outputs"]
     return tuple(out.get(f) for f in fields)
 
 
 def init_single_subject_wf(*, subject_data, output_spaces=("T1w", "MNI152NLin2009aSym"),
                            template=None, template_mask=None, dof_template=12, dof_coreg=6,
-                           metric="mi", resample_bold=False, device="cpu", seed=0,
+                           metric="mi", resample_bold=False, hmc=True, device="cpu", seed=0,
                            omp_nthreads=1, precomputed_brainmask=False,
                            precomputed_normalisation=False,
                            name="single_subject_wf", fail_subject="", fail_input="",

@@ -32,8 +32,8 @@ EXPECTED = [
     "sub-01/anat/sub-01_from-T2w_to-T1w_mode-image_xfm.txt",
     "sub-01/anat/sub-01_from-T2w_to-T1w_mode-image_xfm.json",
     "sub-01/anat/sub-01_from-T1w_to-T2w_mode-image_xfm.txt",
-    "sub-01/anat/sub-01_space-T1w_T2w.nii.gz", "sub-01/anat/sub-01_space-T1w_T2w.json",
-    "sub-01/anat/sub-01_space-MNI152NLin2009aSym_T2w.nii.gz",
+    "sub-01/anat/sub-01_desc-preproc_T2w.nii.gz", "sub-01/anat/sub-01_desc-preproc_T2w.json",
+    "sub-01/anat/sub-01_space-MNI152NLin2009aSym_desc-preproc_T2w.nii.gz",
     "sub-01/func/sub-01_task-rest_from-bold_to-T1w_mode-image_xfm.txt",
     "sub-01/func/sub-01_task-rest_from-T1w_to-bold_mode-image_xfm.txt",
     "sub-01/func/sub-01_task-rest_space-T1w_boldref.nii.gz",
@@ -94,7 +94,7 @@ def test_sidecars_have_sources_and_metric(app_run):
     tpl = json.loads((anat / "sub-01_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.json")
                      .read_text())
     assert tpl["DOF"] == 12 and tpl["Sources"] == ["bids:raw:sub-01/anat/sub-01_T1w.nii.gz"]
-    img = json.loads((anat / "sub-01_space-T1w_T2w.json").read_text())
+    img = json.loads((anat / "sub-01_desc-preproc_T2w.json").read_text())
     assert img["SpatialReference"] == "bids::sub-01/anat/sub-01_desc-preproc_T1w.nii.gz"
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from niaffine.bidsapp import derivatives as drv
+from niaffine.bidsapp.names import build_name, source_entities, space_entities
 from niaffine.bidsapp.parser import build_parser
 from niaffine.bidsapp.reports import flag_rows
 from niaffine.bidsapp.settings import from_args, template_label
@@ -68,11 +69,33 @@ def test_concurrent_jobs_lose_nothing(tmp_path):
 
 
 def test_names_roundtrip():
-    ents, suffix, ext = drv.parse_name("sub-01_ses-A_acq-fast_run-2_T2w.nii.gz")
-    assert drv.build_name(drv.with_space(ents, "T1w"), suffix, ext) == \
-        "sub-01_ses-A_acq-fast_run-2_space-T1w_T2w.nii.gz"
+    ents = source_entities("sub-01_ses-A_acq-fast_run-2_T2w.nii.gz", "01", "A")
+    assert build_name(ents | space_entities("T1w") | {"desc": "preproc"}, "T2w", ".nii.gz") \
+        == "sub-01_ses-A_acq-fast_run-2_space-T1w_desc-preproc_T2w.nii.gz"
     with pytest.raises(ValueError):
         drv.parse_name("notbids.nii.gz")
+    with pytest.raises(ValueError, match="unknown BIDS entities"):
+        build_name({"sub": "01", "colour": "red"}, "T1w", ".nii.gz")
+
+
+@pytest.mark.parametrize(("space", "expected"), [
+    ("MNI152NLin2009aSym", "sub-01_task-rest_run-1_space-MNI152NLin2009aSym_desc-preproc_bold"),
+    ({"space": "MNI152NLin6Asym", "res": "2"},
+     "sub-01_task-rest_run-1_space-MNI152NLin6Asym_res-2_desc-preproc_bold"),
+    ({"space": "MNIInfant", "cohort": "1"},
+     "sub-01_task-rest_run-1_space-MNIInfant_cohort-1_desc-preproc_bold"),
+])
+def test_template_space_entities(space, expected):
+    """A template space is an entities dict (or an object with ``entities()``)."""
+    ents = source_entities("sub-01_task-rest_run-1_bold.nii.gz", "01", None)
+
+    class Space:
+        def entities(self):
+            return space_entities(space)
+
+    for given in (space, Space()):
+        name = build_name({"desc": "preproc"} | space_entities(given) | ents, "bold", ".nii.gz")
+        assert name == expected + ".nii.gz"
 
 
 def test_settings_frozen_and_toml(tmp_path):
@@ -132,3 +155,58 @@ def test_flags_spot_the_failed_subject():
     assert flags["collapsed"] == "implausible_scale"
     assert flags["flipped"] == "reflection"
     assert sum(f != "n/a" for f in flags.values()) == 5
+
+
+def test_motion_qc_flags(tmp_path):
+    """Mean FD > 0.5 mm or largest FD > 3 mm flags a run (group/motion_qc.tsv)."""
+    from niaffine.bidsapp.motion_qc import collect_motion, write_motion_outputs
+
+    func = tmp_path / "sub-01" / "func"
+    func.mkdir(parents=True)
+    for run, fd in (("1", [0.1, 0.2, 0.3]), ("2", [0.9, 0.8, 0.7]), ("3", [0.05] * 9 + [3.5])):
+        lines = ["framewise_displacement\ttrans_x", "n/a\t0"] + [f"{v}\t0" for v in fd]
+        (func / f"sub-01_task-rest_run-{run}_desc-confounds_timeseries.tsv").write_text(
+            "\n".join(lines) + "\n")
+    rows = collect_motion(tmp_path)
+    assert [r["flags"] for r in rows] == ["n/a", "high_mean_fd", "high_max_fd"]
+    assert rows[0]["run"] == "task-rest_run-1" and rows[0]["volumes"] == 4
+    assert abs(rows[1]["mean_fd"] - 0.8) < 1e-9 and rows[2]["max_fd"] == 3.5
+    html = "".join(write_motion_outputs(drv.OutputTree(tmp_path, tmp_path / "bids")))
+    assert "2 flagged" in html
+    table = (tmp_path / "group" / "motion_qc.tsv").read_text().splitlines()
+    assert len(table) == 4 and "\t0.8\t" in table[2]
+
+
+def test_series_names_in_a_res_space(tmp_path):
+    """Realigned series lie at their own voxel size: named without the space's res-N."""
+    import nibabel as nb
+    import numpy as np
+
+    from niaffine.bidsapp.series_sink import sink_series
+    from niaffine.bidsapp.sink import Writer
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    files = {}
+    for role, shape in (("reference", (4, 4, 4)), ("series_t1w", (4, 4, 4, 3)),
+                        ("series_template", (4, 4, 4, 3)), ("reference_template", (4, 4, 4))):
+        files[role] = str(work / f"{role}.nii.gz")
+        nb.save(nb.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), files[role])
+    files["hmc_xfm"] = str(work / "hmc.txt")
+    Path(files["hmc_xfm"]).write_text("#Insight Transform File V1.0\n")
+    writer = Writer(drv.OutputTree(out, tmp_path / "bids"), tmp_path / "bids")
+    image = {"path": str(tmp_path / "bids/sub-01/func/sub-01_task-rest_run-1_bold.nii.gz"),
+             "suffix": "bold", "metadata": {"RepetitionTime": 2.5, "TaskName": "rest"}}
+    ents = source_entities(image["path"], "01", None)
+    sink_series(writer, out / "sub-01" / "func", ents, image, files, t1w="T1w.nii.gz",
+                t1w_uri="bids::t1w", template_space={"space": "MNI152NLin6Asym", "res": "2"},
+                template_ref="MNI152NLin6Asym")
+    names = sorted(Path(p).name for p in writer.written)
+    stem = "sub-01_task-rest_run-1"
+    assert f"{stem}_space-MNI152NLin6Asym_desc-preproc_bold.nii.gz" in names
+    assert f"{stem}_space-MNI152NLin6Asym_boldref.nii.gz" in names
+    assert f"{stem}_from-orig_to-boldref_mode-image_desc-hmc_xfm.txt" in names
+    assert not [n for n in names if "res-2" in n]
+    series = nb.load(out / "sub-01" / "func" / f"{stem}_space-T1w_desc-preproc_bold.nii.gz")
+    assert series.header.get_xyzt_units() == ("mm", "sec")
+    assert np.isclose(series.header.get_zooms()[3], 2.5)

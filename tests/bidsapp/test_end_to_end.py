@@ -2,7 +2,9 @@
 """The real app (engine, workflows) on generated datasets, against the known ground truth.
 
 The default suite runs one tiny dataset (one 2 mm subject: T1w, T2w, a 5-volume BOLD)
-twice with the same work directory; the 3-subject demo is ``@pytest.mark.slow``.
+twice with the same work directory, with ``--no-hmc`` (the BOLD run treated as a static
+image, as before series realignment: ``test_series_app.py`` runs the default); the
+3-subject demo (series realigned) is ``@pytest.mark.slow``.
 """
 
 import importlib.util
@@ -36,7 +38,7 @@ def real_run(tiny_bids, tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
     out, work = base / "out", base / "work"
     argv = [str(tiny_bids), str(out), "participant", "-w", str(work), "--nprocs", "2",
-            "--omp-nthreads", "1", "--device", "cpu"]
+            "--omp-nthreads", "1", "--device", "cpu", "--no-hmc"]
     start = time.monotonic()
     first = main(argv)
     first_s = time.monotonic() - start
@@ -88,13 +90,31 @@ def check_subject(out, bids, key, entry):
     t1w_brain = nb.load(bids / entry["brain_mask"])
     for rel, image in entry["images"].items():
         suffix = image["suffix"]
-        folder = anat if suffix == "T2w" else anat.parent / "func"
+        folder = anat.parent / {"T2w": "anat", "bold": "func", "dwi": "dwi"}[suffix]
         stem = rel.split("/")[-1].replace(f"_{suffix}.nii.gz", "")
-        xfm = _load_xfm(folder / f"{stem}_from-{suffix}_to-T1w_mode-image_xfm.txt")
+        realigned = folder / f"{stem}_from-{suffix}ref_to-T1w_mode-image_desc-coreg_xfm.txt"
+        if realigned.exists():  # a realigned series: volume 0 is hmc[0] @ coreg
+            from niaffine.series_io import load_transform_array
+
+            hmc = folder / f"{stem}_from-orig_to-{suffix}ref_mode-image_desc-hmc_xfm.txt"
+            xfm = load_transform_array(hmc)[0] @ _load_xfm(realigned)
+        else:
+            xfm = _load_xfm(folder / f"{stem}_from-{suffix}_to-T1w_mode-image_xfm.txt")
         errors[f"{suffix}->T1w"] = _mean_error(image["to_t1w"], xfm, t1w_brain)
-        out_suffix = "boldref" if suffix == "bold" else suffix
+        if suffix == "T2w":
+            names = {"T1w": f"{stem}_desc-preproc_T2w",
+                     TEMPLATE: f"{stem}_space-{TEMPLATE}_desc-preproc_T2w"}
+        else:
+            names = {space: f"{stem}_space-{space}_{suffix}ref" for space in ("T1w", TEMPLATE)
+                     if space == "T1w" or suffix == "bold" or not realigned.exists()}
         for space, grid in (("T1w", t1w), (TEMPLATE, mni)):
-            img = nb.load(folder / f"{stem}_space-{space}_{out_suffix}.nii.gz")
+            if space not in names:
+                continue
+            img = nb.load(folder / f"{names[space]}.nii.gz")
+            if realigned.exists():  # native resolution on the space's field of view
+                corner = nb.affines.apply_affine(grid.affine, [0, 0, 0])
+                assert np.allclose(img.affine[:3, 3], corner, atol=3.0)
+                continue
             assert img.shape[:3] == grid.shape[:3] and np.allclose(img.affine, grid.affine,
                                                                    atol=1e-4)
     return errors
@@ -145,7 +165,7 @@ def test_full_demo(tmp_path):
         errors = check_subject(out, bids, key, entry)
         assert max(errors.values()) < MAX_MEAN_ERROR_MM, (key, errors)
     rows = (out / "group" / "registration_qc.tsv").read_text().splitlines()[1:]
-    assert len(rows) == 12
+    assert len(rows) == 16  # 4 subject-sessions: T1w, T2w, BOLD, DWI
     if queries.find_validator():
         for root in (bids, out):
             proc = subprocess.run([queries.find_validator(), "--ignoreWarnings", str(root)],

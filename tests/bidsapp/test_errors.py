@@ -276,7 +276,7 @@ def test_user_template_space_names(tmp_path, dirs, capsys, monkeypatch):
     assert code == 0
     anat = dirs[0] / "sub-01" / "anat"
     assert (anat / "sub-01_from-T1w_to-Custom_mode-image_xfm.txt").is_file()
-    assert (anat / "sub-01_space-Custom_T2w.nii.gz").is_file()
+    assert (anat / "sub-01_space-Custom_desc-preproc_T2w.nii.gz").is_file()
 
 
 def test_stop_on_first_crash(tmp_path, dirs, capsys, monkeypatch):

@@ -153,3 +153,19 @@ def test_help_prints_each_default_once(capsys):
         assert option.count("default") <= 1, option
     assert "(default: ./work)" in flat and "(default: 12)" in flat
     assert "--fs-license-file" in out and "--no-submm-recon" in out  # never cut at a hyphen
+
+
+def test_series_realignment_flags(tmp_path):
+    """Series realignment is on by default; --no-hmc turns it off (settings.hmc)."""
+    from niaffine.bidsapp.settings import from_args
+
+    assert parse().hmc and not parse().resample_bold
+    assert not parse("--no-hmc").hmc
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text("{}")
+    argv = [str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"),
+            "--device", "cpu"]
+    assert from_args(build_parser().parse_args(argv)).hmc
+    settings = from_args(build_parser().parse_args(argv + ["--no-hmc", "--resample-bold"]))
+    assert not settings.hmc and settings.resample_bold

@@ -127,7 +127,7 @@ def test_app_with_a_templateflow_space(tmp_path, capsys, monkeypatch):
            "--fs-license-file" in text
     anat = out / "sub-01" / "anat"
     assert (anat / f"sub-01_from-T1w_to-{TPL}_mode-image_xfm.txt").is_file()
-    assert (anat / f"sub-01_space-{TPL}_T2w.nii.gz").is_file()
+    assert (anat / f"sub-01_space-{TPL}_res-2_desc-preproc_T2w.nii.gz").is_file()
 
 
 def test_app_with_an_absent_template_exits_64_before_writing(tmp_path, capsys, monkeypatch):

@@ -113,27 +113,35 @@ def test_resample_wf(with_template, interpolation):
 def _subject(tmp_path, suffixes=("T2w", "bold"), session=None):
     images = []
     for index, suffix in enumerate(suffixes):
+        dwi = suffix == "dwi"
         images.append({"path": str(tmp_path / f"img{index}_{suffix}.nii.gz"), "suffix": suffix,
-                       "bvals": str(tmp_path / "dwi.bval") if suffix == "dwi" else None})
+                       "bvals": str(tmp_path / "dwi.bval") if dwi else None,
+                       "bvecs": str(tmp_path / "dwi.bvec") if dwi else None,
+                       "metadata": {"PhaseEncodingDirection": "j-"} if dwi else {}})
     (tmp_path / "dwi.bval").write_text("0 1000\n")
+    (tmp_path / "dwi.bvec").write_text("0 1\n0 0\n0 0\n")
     return {"subject": "01", "session": session, "t1w": str(tmp_path / "T1w.nii.gz"),
             "images": images}
 
 
 @pytest.mark.parametrize(
-    ("suffixes", "spaces", "resample_bold", "device"),
+    ("suffixes", "spaces", "resample_bold", "device", "hmc"),
     [
-        (("T2w", "bold"), ("T1w", "MNI152NLin2009aSym"), False, "cpu"),
-        (("T2w", "bold"), ("T1w", "MNI152NLin2009aSym"), True, "cuda"),
-        (("T2w", "FLAIR", "PDw", "bold", "dwi"), ("T1w",), False, "cpu"),
-        ((), ("T1w", "MNI152NLin2009aSym"), False, "cpu"),
-        ((), ("T1w",), False, "cpu"),
-        (("dwi",), ("MNI152NLin2009aSym",), True, "cpu"),
+        (("T2w", "bold"), ("T1w", "MNI152NLin2009aSym"), False, "cpu", True),
+        (("T2w", "bold"), ("T1w", "MNI152NLin2009aSym"), False, "cpu", False),
+        (("T2w", "bold"), ("T1w", "MNI152NLin2009aSym"), True, "cuda", False),
+        (("T2w", "bold", "dwi"), ("T1w", "MNI152NLin2009aSym"), False, "cuda", True),
+        (("T2w", "FLAIR", "PDw", "bold", "dwi"), ("T1w",), False, "cpu", True),
+        (("T2w", "FLAIR", "PDw", "bold", "dwi"), ("T1w",), False, "cpu", False),
+        ((), ("T1w", "MNI152NLin2009aSym"), False, "cpu", True),
+        ((), ("T1w",), False, "cpu", True),
+        (("dwi",), ("MNI152NLin2009aSym",), True, "cpu", False),
+        (("dwi",), ("MNI152NLin2009aSym",), False, "cpu", True),
     ],
 )
-def test_single_subject_wf(tmp_path, suffixes, spaces, resample_bold, device):
+def test_single_subject_wf(tmp_path, suffixes, spaces, resample_bold, device, hmc):
     data = _subject(tmp_path, suffixes, session="A")
-    wf = init_single_subject_wf(subject_data=data, output_spaces=spaces,
+    wf = init_single_subject_wf(subject_data=data, output_spaces=spaces, hmc=hmc,
                                 resample_bold=resample_bold, device=device, omp_nthreads=2)
     assert wf.name == "single_subject_wf"
     assert _fields(wf, "outputnode") == set(OUTPUT_FIELDS)
@@ -148,6 +156,16 @@ def test_single_subject_wf(tmp_path, suffixes, spaces, resample_bold, device):
         assert out.coreg_xfms == [] and out.images_t1w == []
     for index, suffix in enumerate(suffixes):
         label = f"{suffix.lower()}{index}"
+        assert f"outputs_{label}" in names
+        if hmc and suffix in ("bold", "dwi"):  # realigned, then resampled once per volume
+            series = f"series_{label}_wf"
+            assert f"{series}.{suffix}_hmc_wf.realign" in names
+            assert f"{series}.coreg_wf.registration" in names
+            assert f"{series}.resample_wf.series_t1w" in names
+            # DWI: T1w space only (where its b-vectors are rotated)
+            in_template = normalise and suffix == "bold"
+            assert (f"{series}.resample_wf.series_template" in names) is in_template
+            continue
         assert f"coreg_{label}_wf.registration" in names
         assert (f"image_reference_{label}" in names) is (suffix in ("bold", "dwi"))
         assert (f"resample_{label}_wf.to_template" in names) is normalise
@@ -157,9 +175,11 @@ def test_single_subject_wf(tmp_path, suffixes, spaces, resample_bold, device):
     if n_reg:
         assert wf.get_node("merge_metrics").interface._numinputs == n_reg
     gpu = _gpu_nodes(wf)
-    if device == "cuda":
+    if device == "cuda":  # + per series: realignment and its resampling (1 or 2 spaces)
         assert "brainmask_wf.brain_extraction" in gpu
-        assert len(gpu) == 1 + n_reg
+        series_gpu = sum(2 + int(normalise and s == "bold") for s in suffixes
+                         if hmc and s in ("bold", "dwi"))
+        assert len(gpu) == 1 + n_reg + series_gpu
     else:
         assert gpu == []
     _check_graph(wf)
@@ -169,7 +189,7 @@ def test_bold_series_or_reference(tmp_path):
     """``resample_bold`` feeds the whole series (not the reference) to the resampling."""
     data = _subject(tmp_path, ("bold",))
     for resample_bold, source in ((False, "image_reference_bold0"), (True, "select_image_bold0")):
-        wf = init_single_subject_wf(subject_data=data, resample_bold=resample_bold)
+        wf = init_single_subject_wf(subject_data=data, resample_bold=resample_bold, hmc=False)
         resample = wf.get_node("resample_bold0_wf")
         sources = [u.name for u, v in wf._graph.in_edges(resample)]
         assert source in sources

@@ -160,7 +160,8 @@ def test_single_subject_end_to_end(tiny_dataset, template_2mm, tmp_path):
     subject = subject_from_truth(root, "sub-01", entry)
     assert [image["suffix"] for image in subject["images"]] == ["T2w", "bold"]
     wf = init_single_subject_wf(subject_data=subject, template=template_2mm["t1"],
-                                template_mask=template_2mm["mask"], resample_bold=True)
+                                template_mask=template_2mm["mask"], resample_bold=True,
+                                hmc=False)  # the static path; series: test_hmc.py
     out = run_collecting(wf, tmp_path)
     _check_subject_outputs(out, subject, entry, root, template_2mm["t1"],
                            nb.load(template_2mm["mask"]), n_volumes=3, max_error_mm=1.0)
@@ -176,7 +177,7 @@ def test_single_subject_full_resolution(tmp_path_factory, tmp_path):
     truth = generate_demo_dataset(root, subjects=DEMO_SUBJECTS[:1], seed=1, resolution=1.0,
                                   bold_volumes=4)
     subject = subject_from_truth(root, "sub-01", truth["sub-01"])
-    wf = init_single_subject_wf(subject_data=subject, resample_bold=False)
+    wf = init_single_subject_wf(subject_data=subject, resample_bold=False, hmc=False)
     out = run_collecting(wf, tmp_path)
     assert out["template"] == str(template_path("t1"))
     from niaffine.data.templates import load_mni_brain_mask
@@ -206,7 +207,7 @@ def test_single_subject_t1w_space_only(tiny_dataset, tmp_path):
     """Without a template space: no normalisation, template fields None or empty."""
     root, truth = tiny_dataset
     subject = subject_from_truth(root, "sub-01", truth["sub-01"])
-    wf = init_single_subject_wf(subject_data=subject, output_spaces=["T1w"])
+    wf = init_single_subject_wf(subject_data=subject, output_spaces=["T1w"], hmc=False)
     out = run_collecting(wf, tmp_path)
     assert out["template"] is None and out["t1w2template_xfm"] is None
     assert out["images_template"] == []
