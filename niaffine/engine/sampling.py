@@ -213,10 +213,27 @@ def sample_points(
         aff = torch.as_tensor(np.asarray(affine[item], dtype=float))
         k = idx.numel()
         values[item, :, :k] = flat_fixed[item][:, idx]
-        voxels = torch.stack(torch.unravel_index(idx, tuple(shape)), dim=-1).to(torch.float64)
+        voxels = voxel_indices(idx, tuple(shape)).to(torch.float64)
         points[item, :k] = voxels @ aff[:-1, :-1].T + aff[:-1, -1]
         weights[item, :k] = 1.0
     return points, values, weights
+
+
+def voxel_indices(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``(N, n)`` voxel indices of C-order flat indices into ``shape``.
+
+    The same as ``torch.stack(torch.unravel_index(flat, shape), -1)``, whose first call
+    imports sympy (about a second of every process's start).
+
+    >>> voxel_indices(torch.tensor([0, 5, 23]), (2, 3, 4)).tolist()
+    [[0, 0, 0], [0, 1, 1], [1, 2, 3]]
+    """
+    out = []
+    rest = flat
+    for size in reversed(shape):
+        out.append(rest % size)
+        rest = torch.div(rest, size, rounding_mode="floor")
+    return torch.stack(out[::-1], dim=-1)
 
 
 def dense_points(shape, affine: np.ndarray) -> torch.Tensor:
