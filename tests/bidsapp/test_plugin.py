@@ -316,9 +316,10 @@ def test_multiproc_runs_marked_workflow(tmp_path):
     assert results == {"cpu_node": 2, "gpu_node": 4}
 
 
-@pytest.mark.parametrize(("device", "expected"), [("cuda", 3), ("cpu", 0)])
+@pytest.mark.parametrize(("device", "expected"), [("cuda", 6), ("cpu", 0)])
 def test_mark_gpu_nodes_on_the_subject_workflow(device, expected):
-    """On niaffine's own graph: brain extraction and registrations ask for a GPU, not the rest."""
+    """On niaffine's own graph: brain extraction, the registrations, the series realignment
+    and the series resampling ask for a GPU; the single-image resamplers do not."""
     base = pytest.importorskip("niaffine.workflows.base")
     subject = {
         "subject": "01",
@@ -335,8 +336,10 @@ def test_mark_gpu_nodes_on_the_subject_workflow(device, expected):
     wf = base.init_single_subject_wf(subject_data=subject, device=device)
     marked = pl.mark_gpu_nodes(wf, plugin="SLURM")
     assert len(marked) == expected
-    assert all(name.endswith(("brain_extraction", "registration")) for name in marked)
-    resamplers = [n for n in wf._get_all_nodes() if n.fullname.startswith("resample")]
+    assert all(name.endswith(("brain_extraction", "registration", "realign", "series_t1w",
+                              "series_template")) for name in marked)
+    resamplers = [n for n in wf._get_all_nodes()
+                  if n.fullname.startswith("resample") and ".series_" not in n.fullname]
     assert resamplers and all("sbatch_args" not in n.plugin_args for n in resamplers)
 
 
