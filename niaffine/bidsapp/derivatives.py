@@ -217,8 +217,11 @@ def dataset_description(bids_dir: Path) -> dict:
         raw = json.loads((Path(bids_dir) / "dataset_description.json").read_text())
         if raw.get("DatasetDOI"):
             source["DOI"] = raw["DatasetDOI"]
-        if raw.get("BIDSVersion"):
-            source["Version"] = raw.get("Version", raw["BIDSVersion"])
+        # The raw dataset's own version, where it states one; never its BIDSVersion (the
+        # version of the standard it follows).
+        version = raw.get("DatasetVersion") or raw.get("Version")
+        if version:
+            source["Version"] = str(version)
     except (OSError, json.JSONDecodeError):
         pass
     return {

@@ -210,3 +210,16 @@ def test_series_names_in_a_res_space(tmp_path):
     series = nb.load(out / "sub-01" / "func" / f"{stem}_space-T1w_desc-preproc_bold.nii.gz")
     assert series.header.get_xyzt_units() == ("mm", "sec")
     assert np.isclose(series.header.get_zooms()[3], 2.5)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ({"Name": "x", "BIDSVersion": "1.8.0"}, None),
+    ({"Name": "x", "BIDSVersion": "1.8.0", "DatasetVersion": "2.1"}, "2.1"),
+    ({"Name": "x", "BIDSVersion": "1.8.0", "DatasetDOI": "doi:10.1/x"}, None),
+])
+def test_source_dataset_version_is_never_the_bids_version(tmp_path, raw, expected):
+    """``SourceDatasets[0].Version`` is the raw dataset's own version, or absent."""
+    (tmp_path / "dataset_description.json").write_text(json.dumps(raw))
+    source = drv.dataset_description(tmp_path)["SourceDatasets"][0]
+    assert source.get("Version") == expected
+    assert source["URL"] == tmp_path.resolve().as_uri()
