@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress-interval", dest="progress_interval", type=_seconds, default=None,
         metavar="SECONDS",
         help="seconds between progress lines in the log when stderr is not a terminal "
-        "(default: $NIAFFINE_PROGRESS_INTERVAL, else 30; this option wins over it)",
+        "(default: $NIAFFINE_PROGRESS_INTERVAL, else 25; this option wins over it)",
     )
     run.add_argument(
         "--notrack", dest="notrack", action="store_true",

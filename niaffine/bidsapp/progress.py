@@ -9,7 +9,8 @@ there are. While the graph runs, a background thread keeps the user informed:
 * on a terminal, one line on stderr, updated in place (carriage return) about every second;
   log lines are printed above it (:class:`StatusLine`);
 * otherwise (a batch job's log file, a pipe) a plain log line at least every
-  ``interval_s`` seconds (30 by default, ``NIAFFINE_PROGRESS_INTERVAL`` seconds when set).
+  ``interval_s`` seconds (25 by default, so that a loaded machine's late wake-ups still keep
+  lines less than 30 s apart; ``NIAFFINE_PROGRESS_INTERVAL`` seconds when set).
 
 Each subject that finishes gets its own log line, and the run a last line saying how many
 nodes were done (``all 41 nodes done`` when nothing failed).
@@ -31,7 +32,7 @@ from nipype.pipeline.plugins.linear import LinearPlugin
 
 LOGGER = logging.getLogger("niaffine.bidsapp")
 #: Seconds between progress log lines when stderr is not a terminal.
-PROGRESS_INTERVAL_S = 30.0
+PROGRESS_INTERVAL_S = 25.0
 #: Environment variable that overrides :data:`PROGRESS_INTERVAL_S` (seconds).
 INTERVAL_ENV = "NIAFFINE_PROGRESS_INTERVAL"
 #: Subject (and session) of a node's full name.
@@ -40,12 +41,12 @@ SUBJECT = re.compile(r"(?:^|\.)sub_([A-Za-z0-9]+?)(?:_ses_([A-Za-z0-9]+))?_"
 
 
 def progress_interval(value: float | None = None, environ=None) -> float:
-    """Seconds between progress lines: ``value``, else ``$NIAFFINE_PROGRESS_INTERVAL``, else 30.
+    """Seconds between progress lines: ``value``, else ``$NIAFFINE_PROGRESS_INTERVAL``, else 25.
 
     Examples
     --------
     >>> progress_interval(), progress_interval(5), progress_interval(environ={INTERVAL_ENV: "0.5"})
-    (30.0, 5.0, 0.5)
+    (25.0, 5.0, 0.5)
     """
     if value is None:
         text = (os.environ if environ is None else environ).get(INTERVAL_ENV, "").strip()

@@ -44,7 +44,7 @@ class Settings:
     (``None`` when only T1w space is requested), ``template`` a path for a user template or
     a TemplateFlow template (the image on the space's output grid, ``template_mask`` its
     brain mask), ``None`` for the built-in MNI152NLin2009aSym. ``progress_interval_s`` is
-    ``--progress-interval`` (``None``: ``$NIAFFINE_PROGRESS_INTERVAL``, else 30 s; see
+    ``--progress-interval`` (``None``: ``$NIAFFINE_PROGRESS_INTERVAL``, else 25 s; see
     :mod:`niaffine.bidsapp.progress`). ``ignored_options`` are the fMRIPrep options accepted
     without effect.
     """
