@@ -235,13 +235,28 @@ def dataset_description(bids_dir: Path) -> dict:
     }
 
 
+def derivatives_readme(bids_dir: Path) -> str:
+    """The derivative dataset's ``README.md`` (BIDS recommends one): what made it, from what."""
+    return (
+        "# niaffine derivatives\n\n"
+        f"Affine registrations, realigned series and reports made by niaffine {__version__}\n"
+        f"from the BIDS dataset at {Path(bids_dir).resolve().as_uri()}. The files follow\n"
+        "fMRIPrep's names; `logs/` holds each run's settings, `group/` the dataset-wide\n"
+        "quality tables. See niaffine's docs/outputs.md for every file.\n"
+    )
+
+
 def init_output_dir(tree: OutputTree) -> None:
-    """Write ``dataset_description.json`` and merge ``.bidsignore``, safely across jobs."""
+    """Write ``dataset_description.json`` and ``README.md`` and merge ``.bidsignore``,
+    safely across jobs."""
     output_dir = Path(tree.root)
     tree.check(output_dir / "logs").mkdir(parents=True, exist_ok=True)
     with output_lock(output_dir):
         tree.write_json(output_dir / "dataset_description.json",
                         dataset_description(tree.bids_dir))
+        readme = output_dir / "README.md"
+        if not readme.exists():  # the user's own notes are kept
+            tree.write_text(readme, derivatives_readme(tree.bids_dir))
         ignore = output_dir / ".bidsignore"
         lines = ignore.read_text().splitlines() if ignore.exists() else []
         merged = list(dict.fromkeys([line for line in lines if line.strip()] + list(BIDSIGNORE)))

@@ -21,7 +21,7 @@ from niaffine.bidsapp.run import main
 from .conftest import install_fake_workflows
 
 EXPECTED = [
-    "dataset_description.json", ".bidsignore", "sub-01.html",
+    "dataset_description.json", "README.md", ".bidsignore", "sub-01.html",
     "sub-01/anat/sub-01_desc-preproc_T1w.nii.gz", "sub-01/anat/sub-01_desc-preproc_T1w.json",
     "sub-01/anat/sub-01_desc-brain_mask.nii.gz", "sub-01/anat/sub-01_desc-brain_mask.json",
     "sub-01/anat/sub-01_desc-brain_T1w.nii.gz",

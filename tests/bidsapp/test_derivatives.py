@@ -223,3 +223,17 @@ def test_source_dataset_version_is_never_the_bids_version(tmp_path, raw, expecte
     source = drv.dataset_description(tmp_path)["SourceDatasets"][0]
     assert source.get("Version") == expected
     assert source["URL"] == tmp_path.resolve().as_uri()
+
+
+def test_readme_written_once_and_user_edits_kept(tmp_path):
+    """BIDS recommends a README (validator README_FILE_MISSING); a user's own is kept."""
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.8.0"}))
+    tree = drv.OutputTree(out, bids)
+    drv.init_output_dir(tree)
+    text = (out / "README.md").read_text()
+    assert text.startswith("# niaffine derivatives") and bids.resolve().as_uri() in text
+    (out / "README.md").write_text("my notes\n")
+    drv.init_output_dir(tree)
+    assert (out / "README.md").read_text() == "my notes\n"
