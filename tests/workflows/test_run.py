@@ -207,7 +207,7 @@ def test_single_subject_t1w_space_only(tiny_dataset, tmp_path):
     """Without a template space: no normalisation, template fields None or empty."""
     root, truth = tiny_dataset
     subject = subject_from_truth(root, "sub-01", truth["sub-01"])
-    wf = init_single_subject_wf(subject_data=subject, output_spaces=["T1w"], hmc=False)
+    wf = init_single_subject_wf(subject_data=subject, spaces=["T1w"], hmc=False)
     out = run_collecting(wf, tmp_path)
     assert out["template"] is None and out["t1w2template_xfm"] is None
     assert out["images_template"] == []
