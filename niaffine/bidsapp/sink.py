@@ -103,10 +103,28 @@ class Writer:
         dst = folder / build_name(entities, suffix, extension)
         self.tree.copy_file(src, dst, repetition_time=repetition_time)
         self.written.append(str(dst))
+        if sidecar is not None and entities.get("res") and extension.startswith(".nii"):
+            sidecar = {**sidecar, "Resolution": resolution_text(entities, dst)}
         if sidecar is not None:
             json_path = folder / build_name(entities, suffix, ".json")
             self.written.append(str(self.tree.write_json(json_path, sidecar)))
         return dst
+
+
+def resolution_text(entities: dict, path) -> str:
+    """The ``Resolution`` sidecar key BIDS requires with a ``res`` entity.
+
+    >>> import tempfile, nibabel as nb, numpy as np
+    >>> path = Path(tempfile.mkdtemp()) / "a.nii"
+    >>> nb.save(nb.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.diag([2, 2, 2, 1])), path)
+    >>> resolution_text({"space": "MNI152NLin6Asym", "res": "2"}, path)
+    'Template MNI152NLin6Asym, TemplateFlow resolution res-2 (2x2x2 mm voxels)'
+    """
+    import nibabel as nb
+
+    zooms = "x".join(f"{z:g}" for z in nb.load(str(path)).header.get_zooms()[:3])
+    return (f"Template {entities.get('space')}, TemplateFlow resolution res-{entities['res']} "
+            f"({zooms} mm voxels)")
 
 
 def _implausible(xfm, fixed, moving) -> str | None:
