@@ -24,16 +24,12 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from niaffine import choices
 from niaffine import spaces as sp
 
 from .brainmask import mask_from_stripped
 from .common import derived_name, load_image, node_errors
 
 LOGGER = logging.getLogger("niaffine.interfaces.templates")
-
-#: Kept for :mod:`niaffine.workflows.base` until it imports :mod:`niaffine.choices`.
-KNOWN_TEMPLATES = choices.BUILTIN_TEMPLATES
 
 
 def _save(data: np.ndarray, img: nb.Nifti1Image, path: str, dtype=None) -> str:
