@@ -46,3 +46,27 @@ def block_network(monkeypatch) -> None:
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def make_mni_like_home(root, name=TPL, crop=3):
+    """A TemplateFlow home whose ``name`` has only res-2: the built-in MNI152NLin2009aSym's
+    2 mm brain and mask, ``crop`` voxels cut off every side (a grid of its own, a real
+    brain to register to). Returns ``(root, path of the res-2 T1w)``."""
+    import tempfile
+
+    from niaffine.interfaces.templates import template_files
+
+    folder = root / f"tpl-{name}"
+    folder.mkdir(parents=True)
+    (folder / "template_description.json").write_text(json.dumps(
+        {"Identifier": name, "Name": "test template", "TemplateFlowVersion": "1.0.0"}))
+    out = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        t1w, _, mask = template_files("MNI152NLin2009aSym:res-2", newpath=scratch)
+        for src, suffix in ((t1w, "T1w"), (mask, "desc-brain_mask")):
+            cut = nb.load(src).slicer[crop:-crop, crop:-crop, crop:-crop]
+            cut = nb.Nifti1Image(np.asanyarray(cut.dataobj), cut.affine, cut.header)
+            cut.header.set_xyzt_units("mm")
+            out[suffix] = folder / f"tpl-{name}_res-02_{suffix}.nii.gz"
+            cut.to_filename(out[suffix])
+    return root, out["T1w"]

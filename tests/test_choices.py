@@ -143,4 +143,4 @@ def test_the_bids_layers_use_the_modalities():
     assert set(queries.NDIM) == set(choices.DATATYPES)
     assert base.IMAGE_SUFFIXES == choices.MODALITIES
     assert base.SERIES_SUFFIXES == choices.SERIES_MODALITIES
-    assert tuple(base.KNOWN_TEMPLATES) == choices.BUILTIN_TEMPLATES
+    assert not hasattr(base, "KNOWN_TEMPLATES") and not hasattr(base, "select_template_space")

@@ -22,13 +22,13 @@ import re
 import shutil
 from pathlib import Path
 
-from niaffine import __version__
+from niaffine import __version__, choices
 from niaffine.bidsapp import errors
 from niaffine.io import atomic_path, is_inside
 
 LOGGER = logging.getLogger("niaffine.bidsapp")
-DATATYPE = {"T1w": "anat", "T2w": "anat", "FLAIR": "anat", "PDw": "anat", "bold": "func",
-            "dwi": "dwi"}
+#: The BIDS data type (folder) of each suffix (:data:`niaffine.choices.DATATYPES`).
+DATATYPE = choices.DATATYPES
 #: What BIDS has no name for yet: transforms, their sidecars, 3D references of series,
 #: confounds tables (not in the validator's schema), the gradient tables of derivative DWI,
 #: figures, logs, group QC. (Folders without a trailing slash: the validator needs that.)

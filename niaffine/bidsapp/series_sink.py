@@ -8,29 +8,30 @@
     <p>_desc-coreg_boldref.nii.gz                      the reference registered to the T1w
     <p>_from-boldref_to-T1w_mode-image_desc-coreg_xfm.txt
     <p>_desc-confounds_timeseries.tsv (+ .json)
-    <p>_space-<space>_desc-preproc_bold.nii.gz (+ _boldref, _desc-brain_mask) per space
+    <p>_space-<space>[_res-N]_desc-preproc_bold.nii.gz (+ _boldref, _desc-brain_mask) per space
+    <p>_desc-preproc_bold.nii.gz (+ _desc-brain_mask)  with ``func``: on the boldref's grid
 
 (``dwiref``/``dwi`` for DWI, whose series is written in T1w space with its rotated
-``.bvec`` and its ``.bval``.)
+``.bvec`` and its ``.bval``.) A template space's ``res-N`` is in the names when the space
+has one (the series lie on that grid, as in fMRIPrep); without one, or with
+``res-native``, series keep their own voxel size and the names have no ``res``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from niaffine.bidsapp.names import space_entities, space_label
+from niaffine.bidsapp.names import build_name, space_label
 
 #: Raw-sidecar keys copied into the preprocessed series' sidecar.
 KEPT_METADATA = {"bold": ("RepetitionTime", "TaskName", "SliceTiming"),
                  "dwi": ("PhaseEncodingDirection", "TotalReadoutTime", "RepetitionTime")}
-#: The spaces a series kind is written in (DWI: T1w only, where its b-vectors are rotated).
-SERIES_SPACES = {"bold": ("T1w", "template"), "dwi": ("T1w",)}
-_ROLES = {"T1w": ("series_t1w", "reference_t1w", "mask_t1w"),
-          "template": ("series_template", "reference_template", "mask_template")}
+_T1W_ROLES = ("series_t1w", "reference_t1w", "mask_t1w")
+_TEMPLATE_ROLES = ("series_template", "reference_template", "mask_template")
 
 
 def sink_series(w, folder: Path, ents: dict, image: dict, item: dict, *, t1w, t1w_uri,
-                template_space, template_ref) -> None:
+                spaces=()) -> None:
     """Write one realigned series' derivatives (see the module's docstring).
 
     Parameters
@@ -46,8 +47,10 @@ def sink_series(w, folder: Path, ents: dict, image: dict, item: dict, *, t1w, t1
         The workflow's outputs for this image, by role.
     t1w, t1w_uri : str
         The raw T1w and the URI of its derivative (``SpatialReference``).
-    template_space, template_ref
-        The template space (None: none) and its ``SpatialReference``.
+    spaces : list of dict
+        The series in each template space: ``entities``, ``spatial_reference`` and the
+        roles ``series_template``, ``reference_template``, ``mask_template``
+        (:func:`niaffine.bidsapp.sink.image_spaces`).
     """
     from niaffine.bidsapp.sink import load_facts
 
@@ -82,16 +85,12 @@ def sink_series(w, folder: Path, ents: dict, image: dict, item: dict, *, t1w, t1
         w.put(item.get("confounds_metadata"), folder, ents | {"desc": "confounds"},
               "timeseries", ".json")
     kept = {key: metadata[key] for key in KEPT_METADATA[kind] if key in metadata}
-    for which in SERIES_SPACES[kind]:
-        space = "T1w" if which == "T1w" else template_space
-        if not space:
-            continue
-        # realigned series lie at their own voxel size (fMRIPrep's res-native: no res entity)
-        space = {k: v for k, v in space_entities(space).items() if k != "res"}
-        spatial = t1w_uri if which == "T1w" else template_ref
-        in_space = ents | space_entities(space)
-        label = space_label(space)
-        series, reference, mask = (item.get(role) for role in _ROLES[which])
+    written = [({"space": "T1w"}, t1w_uri, [item.get(role) for role in _T1W_ROLES])]
+    written += [(space["entities"], space.get("spatial_reference"),
+                 [space.get(role) for role in _TEMPLATE_ROLES]) for space in spaces]
+    for entities, spatial, (series, reference, mask) in written:
+        in_space = ents | entities
+        label = space_label(entities)
         preproc = w.put(series, folder, in_space | {"desc": "preproc"}, kind, ".nii.gz",
                         w.sidecar(raw, coreg, SkullStripped=False, SpatialReference=spatial,
                                   Description=f"The {kind} series realigned and resampled "
@@ -107,3 +106,13 @@ def sink_series(w, folder: Path, ents: dict, image: dict, item: dict, *, t1w, t1
         if kind == "dwi" and preproc:
             w.put(item.get("bvec_t1w"), folder, in_space | {"desc": "preproc"}, kind, ".bvec")
             w.put(image.get("bvals"), folder, in_space | {"desc": "preproc"}, kind, ".bval")
+    if kind == "bold" and item.get("series_func"):  # fMRIPrep's func space: no space entity
+        spatial = w.uri(folder / build_name(ents | {"desc": "hmc"}, ref, ".nii.gz"))
+        w.put(item.get("series_func"), folder, ents | {"desc": "preproc"}, kind, ".nii.gz",
+              w.sidecar(raw, SkullStripped=False, SpatialReference=spatial,
+                        Description=f"The {kind} series realigned on its {ref}'s grid (one "
+                                    "interpolation per volume)", **kept),
+              repetition_time=tr)
+        w.put(item.get("reference_mask"), folder, ents | {"desc": "brain"}, "mask", ".nii.gz",
+              w.sidecar(raw, Type="Brain", SpatialReference=spatial,
+                        Description=f"Mask of the {ref} on its own grid"))

@@ -38,15 +38,16 @@ class Settings:
     """Everything one run needs to know, immutable once checked.
 
     Paths are absolute. ``spaces`` holds every output space (:class:`niaffine.spaces.Space`,
-    ``T1w`` first). ``output_spaces``, ``template_space``, ``template`` and
-    ``template_mask`` are the single-template view the workflows take today, of the first
-    template space: ``output_spaces`` is ``("T1w", <its name>)``, ``template_space`` its name
-    (``None`` when only T1w space is requested), ``template`` a path for a user template or
-    a TemplateFlow template (the image on the space's output grid, ``template_mask`` its
-    brain mask), ``None`` for the built-in MNI152NLin2009aSym. ``progress_interval_s`` is
-    ``--progress-interval`` (``None``: ``$NIAFFINE_PROGRESS_INTERVAL``, else 25 s; see
-    :mod:`niaffine.bidsapp.progress`). ``ignored_options`` are the fMRIPrep options accepted
-    without effect.
+    ``T1w`` first): the workflows take these. ``output_spaces``, ``template_space``,
+    ``template`` and ``template_mask`` are a single-template summary of the first template
+    space (logged with the run's settings; ``template_space`` also tells whether
+    ``--batch-size`` has anything to batch): ``output_spaces`` is ``("T1w", <its name>)``,
+    ``template_space`` its name (``None`` when only T1w space is requested), ``template`` a
+    path for a user template or a TemplateFlow template (the image on the space's output
+    grid, ``template_mask`` its brain mask), ``None`` for the built-in MNI152NLin2009aSym.
+    ``progress_interval_s`` is ``--progress-interval`` (``None``:
+    ``$NIAFFINE_PROGRESS_INTERVAL``, else 25 s; see :mod:`niaffine.bidsapp.progress`).
+    ``ignored_options`` are the fMRIPrep options accepted without effect.
     """
 
     bids_dir: Path

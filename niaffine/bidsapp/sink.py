@@ -26,7 +26,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from niaffine import __version__
+from niaffine import __version__, choices
 from niaffine.bidsapp import derivatives as drv
 from niaffine.bidsapp.names import build_name, source_entities, space_entities, space_label
 from niaffine.bidsapp.series_sink import sink_series
@@ -37,9 +37,10 @@ LOGGER = logging.getLogger("niaffine.bidsapp")
 OUTPUT_FIELDS = (
     "t1w_preproc", "t1w_mask", "t1w_brain", "t1w2template_xfm", "template2t1w_xfm",
     "t1w_template", "template", "template_run_facts", "anat_reports", "image_outputs",
+    "template_outputs",
 )
 _METRIC_KEYS = {"metric": "Metric", "final_metric": "FinalMetric", "dof": "DOF",
-                "iterations": "Iterations", "elapsed_s": "ElapsedSeconds",
+                "iterations_total": "Iterations", "elapsed_s": "ElapsedSeconds",
                 "mask_volume_ml": "MaskVolumeML", "batch_size": "BatchSize"}
 #: Roles of an image's outputs that depend on its coregistration (dropped when implausible).
 COREG_ROLES = ("coreg_xfm", "coreg_inv_xfm", "image_t1w", "image_template", "series_t1w",
@@ -102,10 +103,28 @@ class Writer:
         dst = folder / build_name(entities, suffix, extension)
         self.tree.copy_file(src, dst, repetition_time=repetition_time)
         self.written.append(str(dst))
+        if sidecar is not None and entities.get("res") and extension.startswith(".nii"):
+            sidecar = {**sidecar, "Resolution": resolution_text(entities, dst)}
         if sidecar is not None:
             json_path = folder / build_name(entities, suffix, ".json")
             self.written.append(str(self.tree.write_json(json_path, sidecar)))
         return dst
+
+
+def resolution_text(entities: dict, path) -> str:
+    """The ``Resolution`` sidecar key BIDS requires with a ``res`` entity.
+
+    >>> import tempfile, nibabel as nb, numpy as np
+    >>> path = Path(tempfile.mkdtemp()) / "a.nii"
+    >>> nb.save(nb.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.diag([2, 2, 2, 1])), path)
+    >>> resolution_text({"space": "MNI152NLin6Asym", "res": "2"}, path)
+    'Template MNI152NLin6Asym, TemplateFlow resolution res-2 (2x2x2 mm voxels)'
+    """
+    import nibabel as nb
+
+    zooms = "x".join(f"{z:g}" for z in nb.load(str(path)).header.get_zooms()[:3])
+    return (f"Template {entities.get('space')}, TemplateFlow resolution res-{entities['res']} "
+            f"({zooms} mm voxels)")
 
 
 def _implausible(xfm, fixed, moving) -> str | None:
@@ -141,15 +160,46 @@ def _image_outputs(outputs: dict, images: list[dict]) -> list[dict]:
 
 
 def _template_reference(outputs: dict, template_space) -> str:
-    from niaffine.interfaces.templates import KNOWN_TEMPLATES
-
     label = space_entities(template_space)["space"]
     template = _given(outputs.get("template"))
-    return label if label in KNOWN_TEMPLATES or not template else str(template)
+    return label if label in choices.BUILTIN_TEMPLATES or not template else str(template)
 
 
-def _sink_anat(w: Writer, anat: Path, prefix: dict, t1w, outputs: dict, template_space):
-    """The T1w, its mask and brain, the normalisation; returns the T1w's URI."""
+def template_spaces(outputs: dict, template_space=None) -> list[dict]:
+    """One dict per template output space (``entities``, ``spatial_reference`` and the
+    files): the workflow's ``template_outputs``, else (an older workflow's single-template
+    fields) ``template_space`` and those fields."""
+    items = outputs.get("template_outputs")
+    if isinstance(items, list | tuple):
+        return [dict(item) for item in items if isinstance(item, dict)]
+    if not template_space:
+        return []
+    return [{"entities": space_entities(template_space),
+             "spatial_reference": _template_reference(outputs, template_space),
+             "run_facts": outputs.get("template_run_facts"),
+             "report": (outputs.get("anat_reports") or {}).get("normalisation")
+             if isinstance(outputs.get("anat_reports"), dict) else None,
+             **{key: outputs.get(key) for key in ("t1w2template_xfm", "template2t1w_xfm",
+                                                  "t1w_template", "template")}}]
+
+
+def image_spaces(item: dict, spaces: list[dict]) -> list[dict]:
+    """One image's outputs per template space: its ``templates`` list, else (an older
+    workflow's single roles) the first space's entities with its ``*_template`` roles."""
+    names = {space["entities"].get("space") for space in spaces}
+    if isinstance(item.get("templates"), list | tuple):
+        return [dict(t) for t in item["templates"]
+                if isinstance(t, dict) and t.get("entities", {}).get("space") in names]
+    if not spaces:
+        return []
+    roles = ("image_template", "series_template", "reference_template", "mask_template")
+    return [{"entities": spaces[0]["entities"],
+             "spatial_reference": spaces[0].get("spatial_reference"),
+             **{role: item[role] for role in roles if role in item}}]
+
+
+def _sink_anat(w: Writer, anat: Path, prefix: dict, t1w, outputs: dict, spaces: list[dict]):
+    """The T1w, its mask and brain, the normalisations; returns the T1w's URI."""
     t1w_src = [t1w]
     t1w_ref = w.put(outputs.get("t1w_preproc"), anat, prefix | {"desc": "preproc"}, "T1w",
                     ".nii.gz", w.sidecar(t1w_src, SkullStripped=False,
@@ -162,26 +212,28 @@ def _sink_anat(w: Writer, anat: Path, prefix: dict, t1w, outputs: dict, template
     w.put(outputs.get("t1w_brain"), anat, prefix | {"desc": "brain"}, "T1w", ".nii.gz",
           w.sidecar(t1w_src, SkullStripped=True, Description="The skull-stripped T1w",
                     SpatialReference=t1w_uri))
-    if not template_space:
-        return t1w_uri
-    facts = load_facts(outputs.get("template_run_facts"))
-    space = space_entities(template_space)
-    label = space["space"]
-    # one transform for every grid of the template: named without its res/cohort
-    for key, src, dst in (("t1w2template_xfm", "T1w", label), ("template2t1w_xfm", label,
-                                                                "T1w")):
-        w.put(outputs.get(key), anat, prefix | {"from": src, "to": dst, "mode": "image"},
-              "xfm", ".txt", w.sidecar(t1w_src, facts,
-                                       Description=f"Affine transform, {src} to {dst}"))
-    w.put(outputs.get("t1w_template"), anat, prefix | space | {"desc": "preproc"}, "T1w",
-          ".nii.gz", w.sidecar(t1w_src, facts, SkullStripped=False,
-                               Description=f"The T1w brain in {space_label(space)} space",
-                               SpatialReference=_template_reference(outputs, template_space)))
+    xfms_written = set()
+    for space in spaces:
+        facts = load_facts(space.get("run_facts"))
+        entities = dict(space["entities"])
+        label = entities["space"]
+        # one transform per template, for every grid of it: named without its res/cohort
+        if label not in xfms_written:
+            xfms_written.add(label)
+            for key, src, dst in (("t1w2template_xfm", "T1w", label),
+                                  ("template2t1w_xfm", label, "T1w")):
+                w.put(space.get(key), anat, prefix | {"from": src, "to": dst, "mode": "image"},
+                      "xfm", ".txt", w.sidecar(t1w_src, facts,
+                                               Description=f"Affine transform, {src} to {dst}"))
+        w.put(space.get("t1w_template"), anat, prefix | entities | {"desc": "preproc"}, "T1w",
+              ".nii.gz", w.sidecar(t1w_src, facts, SkullStripped=False,
+                                   Description=f"The T1w brain in {space_label(entities)} space",
+                                   SpatialReference=space.get("spatial_reference")))
     return t1w_uri
 
 
 def _sink_image(w: Writer, folder: Path, ents: dict, image: dict, item: dict, t1w, t1w_uri,
-                template_space, template_ref) -> None:
+                spaces: list[dict]) -> None:
     """A static image (anatomical, or a series' reference with ``--no-hmc``)."""
     suffix = image["suffix"]
     pair = [image["path"], t1w]
@@ -189,26 +241,29 @@ def _sink_image(w: Writer, folder: Path, ents: dict, image: dict, item: dict, t1
     for key, src, dst in (("coreg_xfm", suffix, "T1w"), ("coreg_inv_xfm", "T1w", suffix)):
         w.put(item.get(key), folder, ents | {"from": src, "to": dst, "mode": "image"}, "xfm",
               ".txt", w.sidecar(pair, facts, Description=f"Affine transform, {src} to {dst}"))
-    static_series = suffix in ("bold", "dwi")
-    for space, key, ref in (("T1w", "image_t1w", t1w_uri),
-                            (template_space, "image_template", template_ref)):
-        path = _given(item.get(key))
-        if not space or not path:
+    static_series = suffix in choices.SERIES_MODALITIES
+    outputs = [({"space": "T1w"}, item.get("image_t1w"), t1w_uri)] + [
+        (space["entities"], space.get("image_template"), space.get("spatial_reference"))
+        for space in image_spaces(item, spaces)]
+    for entities_space, path, ref in outputs:
+        path = _given(path)
+        if not path:
             continue
-        entities = ents | space_entities(space)
+        entities = ents | entities_space
         out_suffix = suffix
         if static_series:
             import nibabel as nb
 
             shape = nb.load(str(path)).shape
             out_suffix = f"{suffix}ref" if len(shape) < 4 or shape[3] == 1 else suffix
-        elif space == "T1w":  # anatomical images in T1w space: smriprep's desc-preproc
+        elif entities_space == {"space": "T1w"}:  # anatomical images in T1w space: smriprep's
             entities = ents | {"desc": "preproc"}
         else:
             entities |= {"desc": "preproc"}
         w.put(path, folder, entities, out_suffix, ".nii.gz",
               w.sidecar(pair, facts, SkullStripped=False, SpatialReference=ref,
-                        Description=f"The {suffix} image in {space_label(space)} space"))
+                        Description=f"The {suffix} image in {space_label(entities_space)} "
+                                    "space"))
 
 
 def sink_subject(output_dir, bids_dir, subject_data: dict, outputs: dict,
@@ -224,8 +279,9 @@ def sink_subject(output_dir, bids_dir, subject_data: dict, outputs: dict,
     outputs : dict
         ``outputnode`` fields (see :data:`OUTPUT_FIELDS`); missing ones are skipped.
     template_space : str, dict or Space, optional
-        The template space (a label, its entities, or an object with ``entities()``);
-        ``None``: T1w only.
+        Only for outputs without ``template_outputs`` (an older workflow's single
+        template fields): that template space (a label, its entities, or an object with
+        ``entities()``); ``None``: T1w only.
 
     Returns
     -------
@@ -246,23 +302,28 @@ def sink_subject(output_dir, bids_dir, subject_data: dict, outputs: dict,
     sub, ses = subject_data["subject"], subject_data.get("session")
     t1w, images = subject_data["t1w"], list(subject_data.get("images", []))
     prefix = {"sub": sub, "ses": ses or None}
-    problems = []
-    if template_space:
-        problem = _implausible(_given(outputs.get("t1w2template_xfm")),
-                               _given(outputs.get("t1w_template")), t1w)
+    problems, spaces, failed = [], [], set()
+    for space in template_spaces(outputs, template_space):
+        name = space["entities"].get("space")
+        problem = None if name in failed else _implausible(
+            _given(space.get("t1w2template_xfm")), _given(space.get("t1w_template")), t1w)
         if problem:
             problems.append(problem)
-            template_space = None
+            failed.add(name)
+        if name not in failed:
+            spaces.append(space)
     anat = drv.subject_dir(output_dir, sub, ses, "anat")
-    t1w_uri = _sink_anat(w, anat, prefix, t1w, outputs, template_space)
-    template_ref = _template_reference(outputs, template_space) if template_space else None
+    t1w_uri = _sink_anat(w, anat, prefix, t1w, outputs, spaces)
     figures = Path(output_dir) / f"sub-{sub}" / "figures"
     reports = outputs.get("anat_reports") if isinstance(outputs.get("anat_reports"), dict) \
         else {}
     w.put(reports.get("brain_mask"), figures, prefix | {"desc": "brain"}, "mask", ".svg")
-    if template_space:
-        w.put(reports.get("normalisation"), figures, prefix | space_entities(template_space),
-              "T1w", ".svg")
+    figured = set()
+    for space in spaces:  # one normalisation figure per template
+        name = space["entities"].get("space")
+        if name not in figured:
+            figured.add(name)
+            w.put(space.get("report"), figures, prefix | {"space": name}, "T1w", ".svg")
 
     for image, item in zip(images, _image_outputs(outputs, images)):
         suffix = image["suffix"]
@@ -277,10 +338,9 @@ def sink_subject(output_dir, bids_dir, subject_data: dict, outputs: dict,
         ents = source_entities(image["path"], sub, ses)
         if "hmc_xfm" in item:
             sink_series(w, folder, ents, image, item, t1w=t1w, t1w_uri=t1w_uri,
-                        template_space=template_space, template_ref=template_ref)
+                        spaces=image_spaces(item, spaces))
         else:
-            _sink_image(w, folder, ents, image, item, t1w, t1w_uri, template_space,
-                        template_ref)
+            _sink_image(w, folder, ents, image, item, t1w, t1w_uri, spaces)
         w.put(item.get("coreg_report"), figures, ents | {"desc": "coreg"}, suffix, ".svg")
         for role, desc in (("motion_report", "motion"), ("realignment_report", "realignment")):
             w.put(item.get(role), figures, ents | {"desc": desc}, suffix, ".svg")

@@ -75,23 +75,18 @@ def init_niaffine_wf(settings: Settings, subjects: list[dict]):
     if settings.resample_bold and settings.hmc:
         LOGGER.warning("--resample-bold has no effect: realigned BOLD series are always "
                        "resampled into the output spaces (it only applies with --no-hmc)")
-    # the sink names files from the template space's entities (res-N, cohort-M included)
+    # the workflow names every space's outputs by its entities (res-N, cohort-M included);
+    # template_space only names the outputs of a workflow without template_outputs
     template = next((space for space in settings.spaces if space.is_template), None)
-    template_space = template.entities() if template is not None and \
-        settings.template_space else settings.template_space
-    batched = settings.batch_size > 1 and settings.template_space is not None
+    template_space = template.entities() if template is not None else None
+    batched = settings.batch_size > 1 and template is not None
     singles = []
     by_subject: dict[str, list] = {}
     for data in subjects:
         name = subject_wf_name(data["subject"], data.get("session"))
-        spaces = list(settings.output_spaces)
-        if settings.template is not None:  # the workflows take a user template by path
-            spaces = ["T1w", str(settings.template)]
         single = init_single_subject_wf(
             subject_data=data,
-            output_spaces=spaces,
-            template=str(settings.template) if settings.template else None,
-            template_mask=str(settings.template_mask) if settings.template_mask else None,
+            spaces=settings.spaces,
             dof_template=settings.dof,
             dof_coreg=settings.dof_coreg,
             metric=settings.metric,
@@ -128,57 +123,63 @@ def init_niaffine_wf(settings: Settings, subjects: list[dict]):
 
 
 def _connect_batches(workflow, settings: Settings, singles: list) -> None:
-    """Register the subjects' T1w brains to the template ``settings.batch_size`` at a time.
+    """Register the subjects' T1w brains to each template ``settings.batch_size`` at a time.
 
     Each subject/session graph gets its brain mask from a ``sub_<label>_anat_wf`` beside it
     (a graph cannot feed its own inputs: nipype needs a DAG at every level); each chunk of
-    subjects one ``batch_template_<k>_wf``; each subject a ``sub_<label>_batch`` node that
-    takes its item, or fails (in that subject's part of the graph only) with its error.
+    subjects one ``batch_template_<k>_wf`` per template (``batch_template_<space>_<k>_wf``
+    for the second and later templates); each subject a ``sub_<label>[_<space>]_batch``
+    node that takes its item, or fails (in that subject's part of the graph only) with its
+    error.
     """
     from nipype.interfaces import utility as niu
     from nipype.pipeline import engine as pe
 
     from niaffine.interfaces.batch import SelectBatchItem
     from niaffine.workflows.brainmask import init_brainmask_wf
+    from niaffine.workflows.space_outputs import registration_id, template_groups
     from niaffine.workflows.template import BATCH_FIELDS, init_batch_template_wf
 
     size = settings.batch_size
-    template = str(settings.template) if settings.template else settings.template_space
-    for k, start in enumerate(range(0, len(singles), size)):
-        chunk = singles[start:start + size]
-        batch_wf = init_batch_template_wf(
-            n_subjects=len(chunk), template=template,
-            template_mask=str(settings.template_mask) if settings.template_mask else None,
-            dof=settings.dof, metric=settings.metric, device=settings.device,
-            seed=settings.random_seed, omp_nthreads=settings.omp_nthreads,
-            name=f"batch_template_{k}_wf",
-        )
-        brains = pe.Node(niu.Merge(len(chunk)), name=f"batch_{k}_brains",
-                         run_without_submitting=True)
-        masks = pe.Node(niu.Merge(len(chunk)), name=f"batch_{k}_masks",
-                        run_without_submitting=True)
-        workflow.connect([(brains, batch_wf, [("out", "inputnode.t1w_brains")]),
-                          (masks, batch_wf, [("out", "inputnode.t1w_masks")])])
-        for index, single in enumerate(chunk):
-            stem = single.name[: -len("_wf")]
-            anat_wf = init_brainmask_wf(device=settings.device,
-                                        omp_nthreads=settings.omp_nthreads,
-                                        name=f"{stem}_anat_wf")
-            anat_wf.inputs.inputnode.t1w = single.get_node("inputnode").inputs.t1w
-            item = pe.Node(SelectBatchItem(index=index), run_without_submitting=True,
-                           name=f"{stem}_batch")
-            # fmt: off
-            workflow.connect([
-                (anat_wf, single, [(f"outputnode.{field}", f"anatnode.{field}")
-                                   for field in ("out_brain", "out_mask", "out_report")]),
-                (anat_wf, brains, [("outputnode.out_brain", f"in{index + 1}")]),
-                (anat_wf, masks, [("outputnode.out_mask", f"in{index + 1}")]),
-                (batch_wf, item, [(f"outputnode.{field}", field) for field in BATCH_FIELDS]),
-                (item, single, [("composite_transform", "normnode.t1w2template_xfm"),
-                                ("inverse_composite_transform", "normnode.template2t1w_xfm"),
-                                ("warped_image", "normnode.t1w_template"),
-                                ("run_facts", "normnode.template_run_facts")]),
-            ])
-            # fmt: on
+    anat = {}
+    for single in singles:
+        stem = single.name[: -len("_wf")]
+        anat[stem] = init_brainmask_wf(device=settings.device,
+                                       omp_nthreads=settings.omp_nthreads, name=f"{stem}_anat_wf")
+        anat[stem].inputs.inputnode.t1w = single.get_node("inputnode").inputs.t1w
+        workflow.connect([(anat[stem], single, [
+            (f"outputnode.{field}", f"anatnode.{field}")
+            for field in ("out_brain", "out_mask", "out_report")])])
+    for g, (registered, _) in enumerate(template_groups(settings.spaces)):
+        tag = "" if g == 0 else f"_{registration_id(registered)}"
+        for k, start in enumerate(range(0, len(singles), size)):
+            chunk = singles[start:start + size]
+            batch_wf = init_batch_template_wf(
+                n_subjects=len(chunk), space=registered, dof=settings.dof,
+                metric=settings.metric, device=settings.device, seed=settings.random_seed,
+                omp_nthreads=settings.omp_nthreads, name=f"batch_template{tag}_{k}_wf")
+            brains = pe.Node(niu.Merge(len(chunk)), name=f"batch{tag}_{k}_brains",
+                             run_without_submitting=True)
+            masks = pe.Node(niu.Merge(len(chunk)), name=f"batch{tag}_{k}_masks",
+                            run_without_submitting=True)
+            workflow.connect([(brains, batch_wf, [("out", "inputnode.t1w_brains")]),
+                              (masks, batch_wf, [("out", "inputnode.t1w_masks")])])
+            for index, single in enumerate(chunk):
+                stem = single.name[: -len("_wf")]
+                item = pe.Node(SelectBatchItem(index=index), run_without_submitting=True,
+                               name=f"{stem}{tag}_batch")
+                normnode = f"normnode{tag}"
+                # fmt: off
+                workflow.connect([
+                    (anat[stem], brains, [("outputnode.out_brain", f"in{index + 1}")]),
+                    (anat[stem], masks, [("outputnode.out_mask", f"in{index + 1}")]),
+                    (batch_wf, item, [(f"outputnode.{f}", f) for f in BATCH_FIELDS]),
+                    (item, single, [
+                        ("composite_transform", f"{normnode}.t1w2template_xfm"),
+                        ("inverse_composite_transform", f"{normnode}.template2t1w_xfm"),
+                        ("warped_image", f"{normnode}.t1w_template"),
+                        ("run_facts", f"{normnode}.template_run_facts")]),
+                ])
+                # fmt: on
     LOGGER.info("T1w-to-template registrations in %d batches of up to %d",
                 -(-len(singles) // size), size)

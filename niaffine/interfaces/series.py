@@ -32,9 +32,17 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from niaffine import choices
 from niaffine.series_io import PE_CODES
 
-from .common import derived_name, node_errors, resolve_device, torch_threads
+from .common import (
+    derived_name,
+    device_trait,
+    node_errors,
+    resolve_device,
+    torch_threads,
+    use_gpu_trait,
+)
 from .resampling import INTERPOLATION_ORDER
 
 LOGGER = logging.getLogger("niaffine.interfaces.series")
@@ -152,18 +160,17 @@ class _SeriesRealignmentInputSpec(BaseInterfaceInputSpec):
     in_bvec = File(exists=True, requires=["in_bval"], desc="FSL b-vectors (rotated copy out)")
     pe_dir = traits.Enum(*PE_CODES, usedefault=True,
                          desc="phase-encoding direction (BIDS code) or auto")
-    dof = traits.Enum(None, 6, 12, 3, 7, 9, usedefault=True,
+    dof = traits.Enum(*choices.with_default(None, choices.DOFS), usedefault=True,
                       desc="degrees of freedom (None: 6 for BOLD, 12 for DWI)")
-    metric = traits.Enum("auto", "ncc", "mi", "nmi", "cr", "mse", usedefault=True,
+    metric = traits.Enum(*choices.SERIES_METRIC_CHOICES, usedefault=True,
                          desc="similarity (auto: NCC, MI for diffusion-weighted volumes)")
     passes = traits.Enum(2, 1, usedefault=True, desc="passes with a robust reference")
     write_realigned = traits.Bool(False, usedefault=True,
                                   desc="also write the series resampled onto the reference")
     random_seed = traits.Int(0, usedefault=True, desc="random seed")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="torch CPU threads")
-    device = traits.Str("cpu", usedefault=True, desc="torch device: cpu, cuda, cuda:N or auto")
-    use_gpu = traits.Bool(False, usedefault=True,
-                          desc="run on CUDA (marks the node for nipype's GPU slots)")
+    device = device_trait()
+    use_gpu = use_gpu_trait()
 
 
 class _SeriesRealignmentOutputSpec(TraitedSpec):
@@ -390,7 +397,7 @@ class _ApplySeriesTransformsInputSpec(BaseInterfaceInputSpec):
     voxel_size = traits.Either(None, traits.Float, traits.List(traits.Float), default=None,
                                usedefault=True,
                                desc="output resolution on the reference's field of view")
-    interpolation = traits.Enum("Linear", "BSpline", "NearestNeighbor", usedefault=True)
+    interpolation = traits.Enum(*choices.ANTS_INTERPOLATIONS, usedefault=True)
     default_value = traits.Float(0.0, usedefault=True, desc="value outside the field of view")
     in_bvec = File(exists=True, desc="b-vectors to rotate into the output frame")
     in_bval = File(exists=True, desc="b-values (b=0 volumes keep zero vectors)")
@@ -398,8 +405,8 @@ class _ApplySeriesTransformsInputSpec(BaseInterfaceInputSpec):
                                  desc="world phase-encoding direction of the series")
     out_postfix = traits.Str("_resampled", usedefault=True, desc="appended to the input's name")
     num_threads = traits.Int(1, usedefault=True, nohash=True, desc="torch CPU threads")
-    device = traits.Str("cpu", usedefault=True, desc="torch device")
-    use_gpu = traits.Bool(False, usedefault=True, desc="run on CUDA")
+    device = device_trait()
+    use_gpu = use_gpu_trait()
 
 
 class _ApplySeriesTransformsOutputSpec(TraitedSpec):

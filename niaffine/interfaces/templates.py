@@ -24,16 +24,12 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from niaffine import choices
 from niaffine import spaces as sp
 
 from .brainmask import mask_from_stripped
 from .common import derived_name, load_image, node_errors
 
 LOGGER = logging.getLogger("niaffine.interfaces.templates")
-
-#: Kept for :mod:`niaffine.workflows.base` until it imports :mod:`niaffine.choices`.
-KNOWN_TEMPLATES = choices.BUILTIN_TEMPLATES
 
 
 def _save(data: np.ndarray, img: nb.Nifti1Image, path: str, dtype=None) -> str:
@@ -171,7 +167,8 @@ def template_files(
 
 
 def native_grid(template: nb.Nifti1Image, zooms) -> nb.Nifti1Image:
-    """An empty image covering the template's field of view at voxel size ``zooms``.
+    """A grid image (all ones: a resampling reference must not be all zero) covering the
+    template's field of view at voxel size ``zooms``.
 
     fMRIPrep's ``res-native``: a series keeps its own voxel size in template space. The
     first voxel centre is the template's, the axes are the template's.
@@ -197,7 +194,7 @@ def native_grid(template: nb.Nifti1Image, zooms) -> nb.Nifti1Image:
     affine = np.eye(4)
     affine[:3, :3] = axes * zooms
     affine[:3, 3] = template.affine[:3, 3]
-    img = nb.Nifti1Image(np.zeros(shape, np.uint8), affine)
+    img = nb.Nifti1Image(np.ones(shape, np.uint8), affine)
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=4)
     img.set_sform(affine, code=4)
@@ -265,8 +262,8 @@ class _TemplateGridInputSpec(BaseInterfaceInputSpec):
 
 
 class _TemplateGridOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="empty image on the template's field of view at the "
-                    "series' voxel size (a resampling reference)")
+    out_file = File(exists=True, desc="grid image (ones) on the template's field of view at "
+                    "the series' voxel size (a resampling reference)")
 
 
 class TemplateGrid(SimpleInterface):

@@ -9,9 +9,11 @@ from collections.abc import Sequence
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from niaffine import choices
+from niaffine import spaces as sp
 from niaffine.interfaces.reference import ReferenceVolume
-from niaffine.interfaces.templates import KNOWN_TEMPLATES
 
+from . import space_outputs as so
 from .brainmask import init_brainmask_wf
 from .coreg import init_coreg_wf
 from .hmc import SERIES_OUTPUTS, init_series_wf
@@ -19,9 +21,11 @@ from .resample import init_resample_wf
 from .template import init_template_wf
 
 #: Suffixes of the images ``subject_data["images"]`` may hold.
-IMAGE_SUFFIXES = ("T2w", "FLAIR", "PDw", "bold", "dwi")
+IMAGE_SUFFIXES = choices.MODALITIES
 #: Suffixes of series whose reference volume is registered.
-SERIES_SUFFIXES = ("bold", "dwi")
+SERIES_SUFFIXES = choices.SERIES_MODALITIES
+#: Series written in template spaces (DWI: T1w space only, where its b-vectors are rotated).
+TEMPLATE_SERIES = ("bold",)
 
 #: Inputs of ``init_single_subject_wf(precomputed_normalisation=True)`` and the inputs of
 #: the template workflow they feed.
@@ -36,12 +40,12 @@ OUTPUT_FIELDS = [
     "t1w_preproc", "t1w_mask", "t1w_brain", "t1w2template_xfm", "template2t1w_xfm",
     "t1w_template", "template", "coreg_xfms", "t1w2image_xfms", "images_t1w",
     "images_template", "reportlets", "metrics", "anat_reports", "template_run_facts",
-    "image_outputs",
+    "image_outputs", "template_outputs",
 ]
 #: Keys of an ``image_outputs`` item for every image (``init_coreg_wf`` and
 #: ``init_resample_wf``); a realigned series adds :data:`niaffine.workflows.hmc.SERIES_OUTPUTS`.
 IMAGE_ROLES = ["coreg_xfm", "coreg_inv_xfm", "coreg_report", "coreg_run_facts", "image_t1w",
-               "image_template"]
+               "image_template", "templates"]
 
 
 def bundle_outputs(**roles) -> dict:
@@ -72,39 +76,26 @@ def series_voxel_size(path) -> list[float] | None:
         return None
 
 
-def select_template_space(
-    output_spaces: Sequence[str], template: str | None = None
-) -> str | None:
-    """The template normalisation targets, or ``None`` when no template space is asked for.
+def subject_spaces(spaces, template: str | None = None,
+                   template_mask: str | None = None) -> tuple[sp.Space, ...]:
+    """The output spaces as :class:`~niaffine.spaces.Space` objects (``T1w`` first).
 
-    Parameters
-    ----------
-    output_spaces : sequence of str
-        ``"T1w"``, ``"MNI152NLin2009aSym"`` and/or paths of template images.
-    template : str, optional
-        A user-given template image, used for the template space when given.
+    ``spaces`` may hold ``--output-spaces`` entries or Space objects; a ``template`` path
+    replaces every template space (a user template, with ``template_mask``).
 
     Examples
     --------
-    >>> select_template_space(["T1w"]) is None
-    True
-    >>> select_template_space(["T1w", "MNI152NLin2009aSym"])
-    'MNI152NLin2009aSym'
-    >>> select_template_space(["MNI152NLin2009aSym"], template="/t/tpl.nii.gz")
-    '/t/tpl.nii.gz'
+    >>> [s.label for s in subject_spaces(["MNI152NLin6Asym:res-2", "func"])]
+    ['T1w', 'MNI152NLin6Asym:res-2', 'func']
     """
-    others = [str(space) for space in output_spaces if str(space) != "T1w"]
-    if not others:
-        return None
-    if len(others) > 1:
-        raise ValueError(f"one template space at a time, got {others}")
-    space = others[0]
-    if space not in KNOWN_TEMPLATES and not os.path.isfile(space):
-        raise ValueError(
-            f"output space {space!r} is neither one of {('T1w',) + KNOWN_TEMPLATES} "
-            "nor an existing template image"
-        )
-    return str(template) if template else space
+    parsed = [s if isinstance(s, sp.Space) else sp.parse_space(str(s)) for s in spaces]
+    if template and any(space.is_template for space in parsed):
+        user = sp.parse_space(os.path.abspath(str(template)), template_mask=template_mask)
+        parsed = [space for space in parsed if not space.is_template] + [user]
+    if not any(s.name == "T1w" for s in parsed):
+        parsed.insert(0, sp.Space("T1w", kind="nonstandard"))
+    parsed.sort(key=lambda space: space.name != "T1w")
+    return tuple(dict.fromkeys(parsed))
 
 
 def _check_subject_data(subject_data: dict) -> list[dict]:
@@ -123,11 +114,11 @@ def _check_subject_data(subject_data: dict) -> list[dict]:
 def init_single_subject_wf(
     *,
     subject_data: dict,
-    output_spaces: Sequence[str] = ("T1w", "MNI152NLin2009aSym"),
+    spaces: Sequence[sp.Space | str] = choices.DEFAULT_SPACES,
     template: str | None = None,
     template_mask: str | None = None,
-    dof_template: int = 12,
-    dof_coreg: int = 6,
+    dof_template: int = choices.DEFAULT_DOF,
+    dof_coreg: int = choices.DEFAULT_DOF_COREG,
     metric: str = "auto",
     resample_bold: bool = False,
     hmc: bool = True,
@@ -140,13 +131,15 @@ def init_single_subject_wf(
 ) -> pe.Workflow:
     """Brain masking, normalisation, coregistration and resampling for one subject (session).
 
-    The T1w image is skull-stripped (deepbet); the T1w brain is registered to the template
-    (``dof_template``, when a template space is asked for); every other image is registered
+    The T1w image is skull-stripped (deepbet); the T1w brain is registered once to each
+    template of ``spaces`` (``dof_template``; a template asked for at several resolutions
+    is registered once, and each further resolution resamples onto its own grid); every
+    other image is registered
     to the T1w brain inside its mask (``dof_coreg``, ``metric``); BOLD and DWI series are
     registered through a reference volume (the median of their first volumes, or the mean
     b=0 volume when b-values are given). Every image is then resampled from its own data
-    into T1w space and, through the composed transforms, into template space: one
-    interpolation each.
+    into T1w space and, through the composed transforms, into every template space: one
+    interpolation each (:mod:`niaffine.workflows.space_outputs`).
 
     Parameters
     ----------
@@ -155,12 +148,14 @@ def init_single_subject_wf(
         "suffix": "T2w" | "FLAIR" | "PDw" | "bold" | "dwi", "bvals": path or None,
         "bvecs": path or None, "metadata": {...}}, ...]}`` (``metadata``: the raw sidecar's,
         e.g. ``PhaseEncodingDirection`` for DWI).
-    output_spaces : sequence of str
-        ``"T1w"`` and/or ``"MNI152NLin2009aSym"`` (or the path of a template image). Without
-        a template space, normalisation is skipped and the template outputs are ``None``
-        (single files) or empty lists.
+    spaces : sequence of Space or str
+        Output spaces (:func:`niaffine.spaces.parse_spaces` objects or ``--output-spaces``
+        entries): ``T1w`` (always), templates (``MNI152NLin6Asym:res-2``, a file), ``func``
+        (realigned BOLD/DWI written on their reference grid too: ``series_func``).
+        Without a template space, normalisation is skipped and the template outputs are
+        ``None`` (single files) or empty lists.
     template : str, optional
-        Template image replacing the MNI152NLin2009aSym copy nilearn ships.
+        Template image replacing every template space of ``spaces`` (a user template).
     template_mask : str, optional
         Brain mask of ``template`` (give one when the template has a head).
     dof_template : int
@@ -188,8 +183,9 @@ def init_single_subject_wf(
         Take the brain mask as inputs (node ``anatnode``: ``out_brain``, ``out_mask``,
         ``out_report``, the outputs of :func:`init_brainmask_wf`) instead of computing it.
     precomputed_normalisation : bool
-        Take the T1w-to-template registration as inputs instead of running it (node
-        ``normnode``: ``t1w2template_xfm``, ``template2t1w_xfm``, ``t1w_template``,
+        Take the T1w-to-template registrations as inputs instead of running them (node
+        ``normnode`` for the first template, ``normnode_<space>`` for the others:
+        ``t1w2template_xfm``, ``template2t1w_xfm``, ``t1w_template``,
         ``template_run_facts``). Ignored without a template space. The BIDS-App's
         ``--batch-size`` uses both: every subject's brain mask is made outside, the brains of
         N subjects are registered to the template at once, and each subject's graph takes
@@ -203,8 +199,8 @@ def init_single_subject_wf(
         Set from ``subject_data``.
     anatnode.out_brain, anatnode.out_mask, anatnode.out_report
         Only with ``precomputed_brainmask``.
-    normnode.t1w2template_xfm, normnode.template2t1w_xfm, normnode.t1w_template
-    normnode.template_run_facts
+    normnode[_<space>].t1w2template_xfm, .template2t1w_xfm, .t1w_template, \
+.template_run_facts
         Only with ``precomputed_normalisation``.
 
     Outputs
@@ -214,7 +210,8 @@ def init_single_subject_wf(
     t1w_mask, t1w_brain
         T1w brain mask and skull-stripped T1w.
     t1w2template_xfm
-        ITK transform, T1w -> template (resamples T1w-space images into template space).
+        ITK transform, T1w -> template (resamples T1w-space images into template space);
+        this and the other single template fields are of the first template space.
     template2t1w_xfm
         ITK transform, template -> T1w.
     t1w_template
@@ -235,8 +232,9 @@ def init_single_subject_wf(
         per image in order.
     metrics
         List of JSON run-facts files, one per registration (normalisation first, then one
-        per image): ``{"source", "target", "metric", "final_metric", "dof", "iterations",
-        "elapsed_s", "mask_volume_ml", ...}``.
+        per image): ``{"source", "target", "metric", "final_metric", "dof",
+        "iterations_total", "iterations_per_level", "elapsed_s", "mask_volume_ml", ...}``
+        (:class:`niaffine.runfacts.RunFacts`).
     anat_reports
         ``{"brain_mask": svg, "normalisation": svg}`` (the latter with a template space).
     template_run_facts
@@ -244,19 +242,27 @@ def init_single_subject_wf(
     image_outputs
         List, in the order of ``subject_data["images"]``: one dict per image, ``{role:
         path}`` with the roles of :data:`IMAGE_ROLES` and, for a realigned series, those of
-        :data:`niaffine.workflows.hmc.SERIES_OUTPUTS`. This is what the BIDS-App writes.
+        :data:`niaffine.workflows.hmc.SERIES_OUTPUTS`; ``templates`` is a list, one dict
+        per template space (``entities``, ``spatial_reference`` and ``image_template`` or
+        ``series_template``/``reference_template``/``mask_template``). This is what the
+        BIDS-App writes.
+    template_outputs
+        List, one dict per template output space: ``entities``, ``spatial_reference`` and
+        the roles of :data:`niaffine.workflows.space_outputs.TEMPLATE_ROLES`.
 
     Examples
     --------
     >>> wf = init_single_subject_wf(subject_data={"subject": "01", "t1w": "sub-01_T1w.nii.gz",
-    ...                                           "images": []}, output_spaces=["T1w"])
+    ...                                           "images": []}, spaces=["T1w"])
     >>> wf.get_node("outputnode").inputs.images_template
     []
     """
     images = _check_subject_data(subject_data)
-    template_space = select_template_space(output_spaces, template)
-    normalise = template_space is not None
-    n_images = len(images)
+    spaces = subject_spaces(spaces, template, template_mask)
+    groups = so.template_groups(spaces)
+    func = any(space.name == "func" for space in spaces)
+    normalise = bool(groups)
+    n_images, n_targets = len(images), len(groups)
 
     precomputed = normalise and precomputed_normalisation
     workflow = pe.Workflow(name=name)
@@ -281,48 +287,55 @@ def init_single_subject_wf(
     ])
     # fmt: on
 
-    n_reports = 1 + int(normalise) + n_images
     merge_reportlets = pe.Node(
-        niu.Merge(n_reports), name="merge_reportlets", run_without_submitting=True
+        niu.Merge(1 + n_targets + n_images), name="merge_reportlets", run_without_submitting=True
     )
     workflow.connect(brainmask_wf, f"{bm}out_report", merge_reportlets, "in1")
     workflow.connect(merge_reportlets, "out", outputnode, "reportlets")
     anat_reports = _bundle_node(["brain_mask", "normalisation"], "anat_reports")
     workflow.connect(brainmask_wf, f"{bm}out_report", anat_reports, "brain_mask")
     workflow.connect(anat_reports, "out", outputnode, "anat_reports")
-    n_metrics = int(normalise) + n_images
-    if n_metrics:
+    if n_targets + n_images:
         merge_metrics = pe.Node(
-            niu.Merge(n_metrics), name="merge_metrics", run_without_submitting=True
+            niu.Merge(n_targets + n_images), name="merge_metrics", run_without_submitting=True
         )
         workflow.connect(merge_metrics, "out", outputnode, "metrics")
     else:
         outputnode.inputs.metrics = []
 
-    if normalise:
+    ports_list = []
+    for k, (registered, members) in enumerate(groups):
+        suffix = "" if k == 0 else f"_{so.registration_id(registered)}"
         template_wf = init_template_wf(
-            template=template_space, template_mask=template_mask, dof=dof_template,
-            metric=metric, device=device, seed=seed, omp_nthreads=omp_nthreads,
-            precomputed=precomputed,
-        )
+            space=registered, dof=dof_template, metric=metric, device=device, seed=seed,
+            omp_nthreads=omp_nthreads, precomputed=precomputed, name=f"template{suffix}_wf")
         if precomputed:
             normnode = pe.Node(niu.IdentityInterface(fields=list(PRECOMPUTED_INPUTS)),
-                               name="normnode")
+                               name=f"normnode{suffix}")
             workflow.connect([(normnode, template_wf, [
                 (field, f"inputnode.{inner}") for field, inner in PRECOMPUTED_INPUTS.items()])])
         # fmt: off
         workflow.connect([
             (brainmask_wf, template_wf, [(f"{bm}out_brain", "inputnode.t1w_brain"),
                                          (f"{bm}out_mask", "inputnode.t1w_mask")]),
-            (template_wf, outputnode, [("outputnode.t1w2template_xfm", "t1w2template_xfm"),
-                                       ("outputnode.template2t1w_xfm", "template2t1w_xfm"),
-                                       ("outputnode.t1w_template", "t1w_template"),
-                                       ("outputnode.template", "template"),
-                                       ("outputnode.run_facts", "template_run_facts")]),
-            (template_wf, merge_reportlets, [("outputnode.out_report", "in2")]),
-            (template_wf, anat_reports, [("outputnode.out_report", "normalisation")]),
-            (template_wf, merge_metrics, [("outputnode.run_facts", "in1")]),
+            (template_wf, merge_reportlets, [("outputnode.out_report", f"in{2 + k}")]),
+            (template_wf, merge_metrics, [("outputnode.run_facts", f"in{1 + k}")]),
         ])
+        # fmt: on
+        ports_list += [so.connect_template_space(workflow, template_wf, registered, space,
+                                                 (brainmask_wf, f"{bm}out_brain"),
+                                                 omp_nthreads) for space in members]
+    so.merge_bundles(workflow, so.anat_bundles(workflow, ports_list),
+                     (outputnode, "template_outputs"), "merge_template_outputs")
+    if ports_list:  # the single-template fields: the first template space
+        first = ports_list[0]
+        # fmt: off
+        for field, (src, port) in (("t1w2template_xfm", first.xfm),
+                                   ("template2t1w_xfm", first.inv_xfm),
+                                   ("t1w_template", first.t1w_template), ("template", first.grid),
+                                   ("template_run_facts", first.run_facts)):
+            workflow.connect(src, port, outputnode, field)
+        workflow.connect(first.report[0], first.report[1], anat_reports, "normalisation")
         # fmt: on
     else:
         for field in ("t1w2template_xfm", "template2t1w_xfm", "t1w_template", "template",
@@ -335,17 +348,15 @@ def init_single_subject_wf(
             setattr(outputnode.inputs, field, [])
         return workflow
 
-    list_fields = ["coreg_xfms", "t1w2image_xfms", "images_t1w", "image_outputs"]
-    if normalise:
-        list_fields.append("images_template")
-    else:
-        outputnode.inputs.images_template = []
     merges = {}
-    for field in list_fields:
+    for field in ["coreg_xfms", "t1w2image_xfms", "images_t1w", "image_outputs"] + [
+            "images_template"] * normalise:
         merges[field] = pe.Node(
             niu.Merge(n_images), name=f"merge_{field}", run_without_submitting=True
         )
         workflow.connect(merges[field], "out", outputnode, field)
+    if not normalise:
+        outputnode.inputs.images_template = []
 
     for index, image in enumerate(images):
         suffix = image["suffix"]
@@ -356,9 +367,8 @@ def init_single_subject_wf(
         workflow.connect(inputnode, "images", select_image, "inlist")
         port = f"in{index + 1}"
         if hmc and suffix in SERIES_SUFFIXES:
-            to_template = normalise and suffix == "bold"  # DWI: T1w space (b-vectors)
             series_wf = init_series_wf(
-                kind=suffix, with_template=to_template,
+                kind=suffix, with_template=False,
                 voxel_size=series_voxel_size(image["path"]),
                 pe_dir=(image.get("metadata") or {}).get("PhaseEncodingDirection") or "auto",
                 dof_coreg=dof_coreg, metric=metric, device=device, seed=seed,
@@ -366,34 +376,31 @@ def init_single_subject_wf(
             if suffix == "dwi":
                 series_wf.inputs.inputnode.in_bval = os.path.abspath(image["bvals"])
                 series_wf.inputs.inputnode.in_bvec = os.path.abspath(image["bvecs"])
-            bundle = _bundle_node(SERIES_OUTPUTS, f"outputs_{label}")
+            roles = [r for r in SERIES_OUTPUTS if func or r != "series_func"]
+            bundle = _bundle_node(SERIES_OUTPUTS + ["templates"], f"outputs_{label}")
             # fmt: off
             workflow.connect([
                 (select_image, series_wf, [("out", "inputnode.in_file")]),
                 (inputnode, series_wf, [("t1w", "inputnode.t1w")]),
                 (brainmask_wf, series_wf, [(f"{bm}out_brain", "inputnode.t1w_brain"),
                                            (f"{bm}out_mask", "inputnode.t1w_mask")]),
-                (series_wf, bundle, [(f"outputnode.{role}", role) for role in SERIES_OUTPUTS]),
+                (series_wf, bundle, [(f"outputnode.{role}", role) for role in roles]),
                 (series_wf, merges["coreg_xfms"], [("outputnode.coreg_xfm", port)]),
                 (series_wf, merges["t1w2image_xfms"], [("outputnode.coreg_inv_xfm", port)]),
                 (series_wf, merges["images_t1w"], [("outputnode.reference_t1w", port)]),
                 (series_wf, merge_reportlets, [("outputnode.coreg_report",
-                                                f"in{2 + int(normalise) + index}")]),
+                                                f"in{2 + n_targets + index}")]),
                 (series_wf, merge_metrics, [("outputnode.coreg_run_facts",
-                                             f"in{1 + int(normalise) + index}")]),
+                                             f"in{1 + n_targets + index}")]),
                 (bundle, merges["image_outputs"], [("out", port)]),
             ])
-            if normalise and not to_template:
-                setattr(merges["images_template"].inputs, port, None)
-            elif normalise:
-                workflow.connect([
-                    (template_wf, series_wf, [("outputnode.t1w2template_xfm",
-                                               "inputnode.t1w2template_xfm"),
-                                              ("outputnode.template", "inputnode.template")]),
-                    (series_wf, merges["images_template"], [("outputnode.reference_template",
-                                                             port)]),
-                ])
             # fmt: on
+            in_space = ports_list if suffix in TEMPLATE_SERIES else []
+            bundles = so.connect_series(workflow, in_space, label=label, series_wf=series_wf,
+                                        in_file=(select_image, "out"), device=device,
+                                        omp_nthreads=omp_nthreads, mem_gb=4.0)
+            _first_template(workflow, bundles, merges, port, "reference_template")
+            so.merge_bundles(workflow, bundles, (bundle, "templates"), f"templates_{label}")
             continue
         moving = (select_image, "out")
         if suffix in SERIES_SUFFIXES:
@@ -408,10 +415,9 @@ def init_single_subject_wf(
             title=f"{suffix} to T1w ({dof_coreg} dof)", name=f"coreg_{label}_wf",
         )
         series = suffix == "bold" and resample_bold
-        resample_wf = init_resample_wf(
-            with_template=normalise, omp_nthreads=omp_nthreads, mem_gb=4.0 if series else 1.0,
-            name=f"resample_{label}_wf",
-        )
+        mem_gb = 4.0 if series else 1.0
+        resample_wf = init_resample_wf(with_template=False, omp_nthreads=omp_nthreads,
+                                       mem_gb=mem_gb, name=f"resample_{label}_wf")
         resampled = (select_image, "out") if series else moving
         bundle = _bundle_node(IMAGE_ROLES, f"outputs_{label}")
         # fmt: off
@@ -426,9 +432,9 @@ def init_single_subject_wf(
             (coreg_wf, merges["t1w2image_xfms"], [("outputnode.inv_xfm", port)]),
             (resample_wf, merges["images_t1w"], [("outputnode.out_t1w", port)]),
             (coreg_wf, merge_reportlets, [("outputnode.out_report",
-                                           f"in{2 + int(normalise) + index}")]),
+                                           f"in{2 + n_targets + index}")]),
             (coreg_wf, merge_metrics, [("outputnode.run_facts",
-                                        f"in{1 + int(normalise) + index}")]),
+                                        f"in{1 + n_targets + index}")]),
             (coreg_wf, bundle, [("outputnode.xfm", "coreg_xfm"),
                                 ("outputnode.inv_xfm", "coreg_inv_xfm"),
                                 ("outputnode.out_report", "coreg_report"),
@@ -436,13 +442,32 @@ def init_single_subject_wf(
             (resample_wf, bundle, [("outputnode.out_t1w", "image_t1w")]),
             (bundle, merges["image_outputs"], [("out", port)]),
         ])
-        if normalise:
-            workflow.connect([
-                (template_wf, resample_wf, [("outputnode.t1w2template_xfm",
-                                             "inputnode.t1w2template_xfm"),
-                                            ("outputnode.template", "inputnode.template")]),
-                (resample_wf, merges["images_template"], [("outputnode.out_template", port)]),
-                (resample_wf, bundle, [("outputnode.out_template", "image_template")]),
-            ])
         # fmt: on
+        bundles = so.connect_static_image(
+            workflow, ports_list, label=label, moving=resampled,
+            coreg=(coreg_wf, "outputnode.xfm"), series=suffix in SERIES_SUFFIXES,
+            omp_nthreads=omp_nthreads, mem_gb=mem_gb)
+        _first_template(workflow, bundles, merges, port, "image_template")
+        so.merge_bundles(workflow, bundles, (bundle, "templates"), f"templates_{label}")
     return workflow
+
+
+def _pick(bundle: dict, role: str):
+    """``bundle[role]`` (a Function node's body: imports nothing)."""
+    return bundle.get(role)
+
+
+def _first_template(workflow, bundles, merges, port, role) -> None:
+    """``images_template[port]``: ``role`` of the first template space (None without one)."""
+    if "images_template" not in merges:
+        return
+    if not bundles:
+        setattr(merges["images_template"].inputs, port, None)
+        return
+    pick = pe.Node(niu.Function(input_names=["bundle", "role"], output_names=["out"],
+                                function=_pick),
+                   name=f"{bundles[0].name}_first", run_without_submitting=True)
+    pick.inputs.role = role
+    workflow.connect([(bundles[0], pick, [("out", "bundle")]),
+                      (pick, merges["images_template"], [("out", port)])])
+

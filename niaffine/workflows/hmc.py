@@ -18,15 +18,16 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from niaffine.interfaces.resampling import ApplyAffine
+from niaffine import choices
 from niaffine.interfaces.series import ApplySeriesTransforms, SeriesConfounds, SeriesRealignment
 from niaffine.interfaces.series_reports import MotionReport, RealignmentReport
 
 from .common import compute_settings
+from .resample import resampling_node
 
 #: Outputs of ``init_bold_hmc_wf`` and ``init_dwi_hmc_wf`` (the DWI adds ``out_bvec``).
 HMC_OUTPUTS = ["hmc_xfm", "reference", "reference_mask", "confounds_file", "confounds_metadata",
-               "motion_report", "realignment_report", "run_facts", "pe_direction"]
+               "motion_report", "realignment_report", "run_facts", "pe_direction", "realigned"]
 
 
 def _init_hmc_wf(*, kind: str, dof, metric, passes, device, seed, omp_nthreads, mem_gb, name):
@@ -61,7 +62,8 @@ def _init_hmc_wf(*, kind: str, dof, metric, passes, device, seed, omp_nthreads, 
                                ("out_reference", "reference"),
                                ("out_mask", "reference_mask"),
                                ("run_facts", "run_facts"),
-                               ("pe_direction", "pe_direction")]),
+                               ("pe_direction", "pe_direction"),
+                               ("out_file", "realigned")]),
         (confounds, outputnode, [("confounds_file", "confounds_file"),
                                  ("confounds_metadata", "confounds_metadata")]),
         (motion_report, outputnode, [("out_report", "motion_report")]),
@@ -80,7 +82,7 @@ def _init_hmc_wf(*, kind: str, dof, metric, passes, device, seed, omp_nthreads, 
 
 def init_bold_hmc_wf(
     *,
-    dof: int = 6,
+    dof: int = choices.DEFAULT_DOF_COREG,
     metric: str = "auto",
     passes: int = 2,
     device: str = "cpu",
@@ -131,6 +133,8 @@ def init_bold_hmc_wf(
         JSON: per-volume metric, flags, timing.
     pe_direction
         None for BOLD.
+    realigned
+        The realigned series on the boldref's grid (fMRIPrep's ``func`` space).
 
     Examples
     --------
@@ -144,7 +148,7 @@ def init_bold_hmc_wf(
 
 def init_dwi_hmc_wf(
     *,
-    dof: int = 12,
+    dof: int = choices.DEFAULT_DOF,
     metric: str = "auto",
     passes: int = 2,
     device: str = "cpu",
@@ -264,14 +268,11 @@ def init_series_resample_wf(
                                              **settings["inputs"]),
                        name=node_name, n_procs=settings["n_procs"], mem_gb=mem_gb)
 
-    def image_node(node_name, postfix, nearest=False):
-        return pe.Node(ApplyAffine(interpolation="NearestNeighbor" if nearest else "Linear",
-                                   out_postfix=postfix, num_threads=omp_nthreads),
-                       name=node_name, n_procs=omp_nthreads)
-
     series_t1w = series_node("series_t1w", "_space-T1w")
-    reference_t1w = image_node("reference_t1w", "_space-T1w")
-    mask_t1w = image_node("mask_t1w", "_space-T1w", nearest=True)
+    reference_t1w = resampling_node("reference_t1w", out_postfix="_space-T1w",
+                                    omp_nthreads=omp_nthreads)
+    mask_t1w = resampling_node("mask_t1w", out_postfix="_space-T1w",
+                               interpolation="NearestNeighbor", omp_nthreads=omp_nthreads)
     # fmt: off
     workflow.connect([
         (inputnode, series_t1w, [("in_file", "input_image"), ("t1w_reference", "reference_image"),
@@ -290,25 +291,82 @@ def init_series_resample_wf(
     if not with_template:
         return workflow
     chain = pe.Node(niu.Merge(2), name="chain", run_without_submitting=True)
-    series_template = series_node("series_template", "_space-template")
-    reference_template = image_node("reference_template", "_space-template")
-    mask_template = image_node("mask_template", "_space-template", nearest=True)
+    space_wf = init_series_space_wf(interpolation=interpolation, device=device,
+                                    omp_nthreads=omp_nthreads, mem_gb=mem_gb,
+                                    postfix="_space-template", name="template_wf")
     # fmt: off
     workflow.connect([
         (inputnode, chain, [("t1w2template_xfm", "in1"), ("coreg_xfm", "in2")]),
-        (inputnode, series_template, [("in_file", "input_image"), ("template", "reference_image"),
-                                      ("hmc_xfm", "hmc_transforms"),
-                                      ("voxel_size", "voxel_size")]),
-        (chain, series_template, [("out", "transforms")]),
-        (inputnode, reference_template, [("reference", "input_image")]),
-        (series_template, reference_template, [("output_image", "reference_image")]),
-        (chain, reference_template, [("out", "transforms")]),
-        (inputnode, mask_template, [("reference_mask", "input_image")]),
-        (series_template, mask_template, [("output_image", "reference_image")]),
-        (chain, mask_template, [("out", "transforms")]),
-        (series_template, outputnode, [("output_image", "series_template")]),
-        (reference_template, outputnode, [("output_image", "reference_template")]),
-        (mask_template, outputnode, [("output_image", "mask_template")]),
+        (inputnode, space_wf, [("in_file", "inputnode.in_file"), ("template", "inputnode.grid"),
+                               ("hmc_xfm", "inputnode.hmc_xfm"),
+                               ("voxel_size", "inputnode.voxel_size"),
+                               ("reference", "inputnode.reference"),
+                               ("reference_mask", "inputnode.reference_mask")]),
+        (chain, space_wf, [("out", "inputnode.transforms")]),
+        (space_wf, outputnode, [(f"outputnode.{f}", f"{f}_template")
+                                for f in ("series", "reference", "mask")]),
+    ])
+    # fmt: on
+    return workflow
+
+
+def init_series_space_wf(
+    *,
+    interpolation: str = "Linear",
+    device: str = "cpu",
+    omp_nthreads: int = 1,
+    mem_gb: float = 4.0,
+    postfix: str = "_space-template",
+    name: str = "series_space_wf",
+) -> pe.Workflow:
+    """A realigned series, its reference and mask on one output grid, each volume
+    interpolated once through ``transforms`` and its head motion.
+
+    Inputs
+    ------
+    in_file, hmc_xfm, reference, reference_mask
+        The original series, its per-volume transforms, its reference and mask.
+    transforms
+        Reference -> output space, ANTs order (``[t1w2template, coreg]``).
+    grid
+        Image defining the output grid (``voxel_size``, optional: a resolution on its
+        field of view instead of its own).
+
+    Outputs
+    -------
+    series, reference, mask
+
+    Examples
+    --------
+    >>> sorted(init_series_space_wf().list_node_names())
+    ['inputnode', 'mask', 'outputnode', 'reference', 'series']
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=[
+        "in_file", "hmc_xfm", "reference", "reference_mask", "transforms", "grid",
+        "voxel_size"]), name="inputnode")
+    inputnode.inputs.voxel_size = None
+    outputnode = pe.Node(niu.IdentityInterface(fields=["series", "reference", "mask"]),
+                         name="outputnode")
+    settings = compute_settings(device, omp_nthreads)
+    series = pe.Node(ApplySeriesTransforms(interpolation=interpolation, out_postfix=postfix,
+                                           **settings["inputs"]),
+                     name="series", n_procs=settings["n_procs"], mem_gb=mem_gb)
+    reference = resampling_node("reference", out_postfix=postfix, omp_nthreads=omp_nthreads)
+    mask = resampling_node("mask", out_postfix=postfix, interpolation="NearestNeighbor",
+                           omp_nthreads=omp_nthreads)
+    # fmt: off
+    workflow.connect([
+        (inputnode, series, [("in_file", "input_image"), ("grid", "reference_image"),
+                             ("hmc_xfm", "hmc_transforms"), ("transforms", "transforms"),
+                             ("voxel_size", "voxel_size")]),
+        (inputnode, reference, [("reference", "input_image"), ("transforms", "transforms")]),
+        (inputnode, mask, [("reference_mask", "input_image"), ("transforms", "transforms")]),
+        (series, reference, [("output_image", "reference_image")]),
+        (series, mask, [("output_image", "reference_image")]),
+        (series, outputnode, [("output_image", "series")]),
+        (reference, outputnode, [("output_image", "reference")]),
+        (mask, outputnode, [("output_image", "mask")]),
     ])
     # fmt: on
     return workflow
@@ -321,6 +379,7 @@ SERIES_OUTPUTS = [
     "motion_report", "realignment_report", "hmc_run_facts", "pe_direction", "coreg_xfm",
     "coreg_inv_xfm", "coreg_report", "coreg_run_facts", "series_t1w", "reference_t1w",
     "mask_t1w", "bvec_t1w", "series_template", "reference_template", "mask_template",
+    "series_func",
 ]
 
 
@@ -330,7 +389,7 @@ def init_series_wf(
     with_template: bool = True,
     voxel_size=None,
     pe_dir: str = "auto",
-    dof_coreg: int = 6,
+    dof_coreg: int = choices.DEFAULT_DOF_COREG,
     metric: str = "auto",
     device: str = "cpu",
     seed: int = 0,
@@ -411,7 +470,7 @@ def init_series_wf(
                                ("outputnode.reference_mask", "inputnode.reference_mask")]),
         (coreg_wf, resample_wf, [("outputnode.xfm", "inputnode.coreg_xfm")]),
         (hmc_wf, outputnode, [(f"outputnode.{f}", f) for f in hmc_fields]
-         + [("outputnode.run_facts", "hmc_run_facts")]),
+         + [("outputnode.run_facts", "hmc_run_facts"), ("outputnode.realigned", "series_func")]),
         (coreg_wf, outputnode, [("outputnode.xfm", "coreg_xfm"),
                                 ("outputnode.inv_xfm", "coreg_inv_xfm"),
                                 ("outputnode.out_report", "coreg_report"),

@@ -9,6 +9,8 @@ are tested in seconds, independently of the engine.
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from niaffine import spaces as sp
+
 FIELDS = ["t1w_preproc", "t1w_mask", "t1w_brain", "t1w2template_xfm", "template2t1w_xfm",
           "t1w_template", "template", "coreg_xfms", "t1w2image_xfms", "images_t1w",
           "images_template", "reportlets", "metrics", "anat_reports", "template_run_facts",
@@ -115,7 +117,7 @@ def fake_outputs(subject_data, template_space, fail_subject, fail_input, pid_dir
     return tuple(out.get(f) for f in fields)
 
 
-def init_single_subject_wf(*, subject_data, output_spaces=("T1w", "MNI152NLin2009aSym"),
+def init_single_subject_wf(*, subject_data, spaces=("T1w", "MNI152NLin2009aSym"),
                            template=None, template_mask=None, dof_template=12, dof_coreg=6,
                            metric="mi", resample_bold=False, hmc=True, device="cpu", seed=0,
                            omp_nthreads=1, precomputed_brainmask=False,
@@ -124,7 +126,8 @@ def init_single_subject_wf(*, subject_data, output_spaces=("T1w", "MNI152NLin200
                            pid_dir="", sleep_s=0.0, xfm_offset=0.0):
     """Same signature and outputnode as the real factory."""
     workflow = pe.Workflow(name=name)
-    spaces = [s for s in output_spaces if s != "T1w"]
+    parsed = [s if isinstance(s, sp.Space) else sp.parse_space(str(s)) for s in spaces]
+    spaces = [str(s.path) if s.kind == "file" else s.name for s in parsed if s.is_template]
     fake = pe.Node(niu.Function(input_names=["subject_data", "template_space", "fail_subject",
                                              "fail_input", "pid_dir", "sleep_s", "xfm_offset"],
                                 output_names=FIELDS, function=fake_outputs), name="fake")

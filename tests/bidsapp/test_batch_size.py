@@ -19,6 +19,7 @@ from niaffine.bidsapp.run import main
 from niaffine.bidsapp.settings import Settings
 from niaffine.bidsapp.workflow import init_niaffine_wf
 from niaffine.data.bids_demo import DemoSubject, generate_demo_dataset
+from niaffine.spaces import parse_spaces
 
 #: Batched and single transforms agree to float32 round-off (measured 0.004-0.012 mm).
 MAX_BATCH_DIFFERENCE_MM = 0.05
@@ -63,9 +64,29 @@ def test_batched_graph(tmp_path):
     wf._create_flat_graph()  # a DAG at every level
 
 
+def test_batched_graph_two_templates(tmp_path):
+    """Each template is registered in its own batches; resolutions share them."""
+    spaces = parse_spaces(["MNI152NLin2009aSym:res-2", "MNI152NLin2009aSym", "T1w",
+                           "MNI152NLin6Asym:res-2"])
+    wf = init_niaffine_wf(_settings(tmp_path, batch_size=2, spaces=spaces), _subjects(tmp_path))
+    names = wf.list_node_names()
+    assert {n.split(".")[0] for n in names if n.startswith("batch_template")} == {
+        "batch_template_0_wf", "batch_template_1_wf", "batch_template_MNI152NLin6Asym_0_wf",
+        "batch_template_MNI152NLin6Asym_1_wf"}
+    source = wf.get_node("batch_template_0_wf.template_source")
+    assert source.inputs.template == "MNI152NLin2009aSym:res-2"
+    for k in ("01", "02", "03"):
+        assert {f"sub_{k}_batch", f"sub_{k}_MNI152NLin6Asym_batch"} <= set(names)
+        assert f"sub_{k}_wf.template_MNI152NLin6Asym_wf.template_source" in names
+        assert not [n for n in names if n.startswith(f"sub_{k}_wf.") and n.endswith(
+            ".registration") and "template" in n]
+    wf._create_flat_graph()
+
+
 @pytest.mark.parametrize("kwargs", [{"batch_size": 1},
                                     {"batch_size": 4, "output_spaces": ("T1w",),
-                                     "template_space": None}])
+                                     "template_space": None,
+                                     "spaces": parse_spaces(["T1w"])}])
 def test_unbatched_graph(tmp_path, kwargs):
     """Batch size 1, or no template space: every subject registers on its own."""
     wf = init_niaffine_wf(_settings(tmp_path, **kwargs), _subjects(tmp_path, 2))

@@ -177,8 +177,10 @@ def test_motion_qc_flags(tmp_path):
     assert len(table) == 4 and "\t0.8\t" in table[2]
 
 
-def test_series_names_in_a_res_space(tmp_path):
-    """Realigned series lie at their own voxel size: named without the space's res-N."""
+def test_series_names_per_space(tmp_path):
+    """fMRIPrep's names: ``res-2`` where the space has it (the series lie on that grid),
+    none for a space without a resolution (the series' own voxel size), and no ``space``
+    at all for ``func`` (the boldref's grid)."""
     import nibabel as nb
     import numpy as np
 
@@ -188,7 +190,8 @@ def test_series_names_in_a_res_space(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     work.mkdir()
     files = {}
-    for role, shape in (("reference", (4, 4, 4)), ("series_t1w", (4, 4, 4, 3)),
+    for role, shape in (("reference", (4, 4, 4)), ("reference_mask", (4, 4, 4)),
+                        ("series_t1w", (4, 4, 4, 3)), ("series_func", (4, 4, 4, 3)),
                         ("series_template", (4, 4, 4, 3)), ("reference_template", (4, 4, 4))):
         files[role] = str(work / f"{role}.nii.gz")
         nb.save(nb.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), files[role])
@@ -198,15 +201,25 @@ def test_series_names_in_a_res_space(tmp_path):
     image = {"path": str(tmp_path / "bids/sub-01/func/sub-01_task-rest_run-1_bold.nii.gz"),
              "suffix": "bold", "metadata": {"RepetitionTime": 2.5, "TaskName": "rest"}}
     ents = source_entities(image["path"], "01", None)
+    spaces = [{"entities": {"space": "MNI152NLin6Asym", "res": "2"},
+               "spatial_reference": "MNI152NLin6Asym",
+               "series_template": files["series_template"],
+               "reference_template": files["reference_template"]},
+              {"entities": {"space": "MNI152NLin2009aSym"},
+               "spatial_reference": "MNI152NLin2009aSym",
+               "series_template": files["series_template"]}]
     sink_series(writer, out / "sub-01" / "func", ents, image, files, t1w="T1w.nii.gz",
-                t1w_uri="bids::t1w", template_space={"space": "MNI152NLin6Asym", "res": "2"},
-                template_ref="MNI152NLin6Asym")
+                t1w_uri="bids::t1w", spaces=spaces)
     names = sorted(Path(p).name for p in writer.written)
     stem = "sub-01_task-rest_run-1"
-    assert f"{stem}_space-MNI152NLin6Asym_desc-preproc_bold.nii.gz" in names
-    assert f"{stem}_space-MNI152NLin6Asym_boldref.nii.gz" in names
+    assert f"{stem}_space-MNI152NLin6Asym_res-2_desc-preproc_bold.nii.gz" in names
+    assert f"{stem}_space-MNI152NLin6Asym_res-2_boldref.nii.gz" in names
+    assert f"{stem}_space-MNI152NLin2009aSym_desc-preproc_bold.nii.gz" in names
     assert f"{stem}_from-orig_to-boldref_mode-image_desc-hmc_xfm.txt" in names
-    assert not [n for n in names if "res-2" in n]
+    assert f"{stem}_desc-preproc_bold.nii.gz" in names  # func
+    assert f"{stem}_desc-brain_mask.nii.gz" in names
+    func = json.loads((out / "sub-01" / "func" / f"{stem}_desc-preproc_bold.json").read_text())
+    assert func["SpatialReference"] == f"bids::sub-01/func/{stem}_desc-hmc_boldref.nii.gz"
     series = nb.load(out / "sub-01" / "func" / f"{stem}_space-T1w_desc-preproc_bold.nii.gz")
     assert series.header.get_xyzt_units() == ("mm", "sec")
     assert np.isclose(series.header.get_zooms()[3], 2.5)
@@ -237,3 +250,25 @@ def test_readme_written_once_and_user_edits_kept(tmp_path):
     (out / "README.md").write_text("my notes\n")
     drv.init_output_dir(tree)
     assert (out / "README.md").read_text() == "my notes\n"
+
+
+def test_transform_sidecar_has_iterations(tmp_path):
+    """The run facts' ``iterations_total`` is the sidecar's ``Iterations``."""
+    from niaffine.bidsapp.sink import Writer
+
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps({"metric": "mi", "final_metric": -0.5, "dof": 6,
+                                 "iterations_total": 42, "iterations_per_level": [30, 12],
+                                 "elapsed_s": 1.5}))
+    xfm = tmp_path / "xfm.txt"
+    xfm.write_text("#Insight Transform File V1.0\n")
+    out = tmp_path / "out"
+    writer = Writer(drv.OutputTree(out, tmp_path / "bids"), tmp_path / "bids")
+    from niaffine.bidsapp.sink import load_facts
+
+    writer.put(xfm, out / "sub-01" / "anat", {"sub": "01", "from": "T2w", "to": "T1w",
+                                             "mode": "image"}, "xfm", ".txt",
+               writer.sidecar([], load_facts(facts)))
+    sidecar = json.loads(
+        (out / "sub-01" / "anat" / "sub-01_from-T2w_to-T1w_mode-image_xfm.json").read_text())
+    assert (sidecar["Iterations"], sidecar["DOF"], sidecar["Metric"]) == (42, 6, "mi")

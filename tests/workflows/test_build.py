@@ -8,7 +8,7 @@ import itertools
 import pytest
 from nipype.pipeline import engine as pe
 
-from niaffine.workflows.base import OUTPUT_FIELDS, init_single_subject_wf, select_template_space
+from niaffine.workflows.base import OUTPUT_FIELDS, init_single_subject_wf, subject_spaces
 from niaffine.workflows.brainmask import init_brainmask_wf
 from niaffine.workflows.coreg import init_coreg_wf
 from niaffine.workflows.resample import init_resample_wf
@@ -141,7 +141,7 @@ def _subject(tmp_path, suffixes=("T2w", "bold"), session=None):
 )
 def test_single_subject_wf(tmp_path, suffixes, spaces, resample_bold, device, hmc):
     data = _subject(tmp_path, suffixes, session="A")
-    wf = init_single_subject_wf(subject_data=data, output_spaces=spaces, hmc=hmc,
+    wf = init_single_subject_wf(subject_data=data, spaces=spaces, hmc=hmc,
                                 resample_bold=resample_bold, device=device, omp_nthreads=2)
     assert wf.name == "single_subject_wf"
     assert _fields(wf, "outputnode") == set(OUTPUT_FIELDS)
@@ -164,11 +164,14 @@ def test_single_subject_wf(tmp_path, suffixes, spaces, resample_bold, device, hm
             assert f"{series}.resample_wf.series_t1w" in names
             # DWI: T1w space only (where its b-vectors are rotated)
             in_template = normalise and suffix == "bold"
-            assert (f"{series}.resample_wf.series_template" in names) is in_template
+            space_wf = f"{label}_MNI152NLin2009aSym_wf"
+            assert (f"{space_wf}.series" in names) is in_template
+            # res-native: the template's field of view at the series' voxel size
+            assert (f"grid_{label}_MNI152NLin2009aSym" in names) is in_template
             continue
         assert f"coreg_{label}_wf.registration" in names
         assert (f"image_reference_{label}" in names) is (suffix in ("bold", "dwi"))
-        assert (f"resample_{label}_wf.to_template" in names) is normalise
+        assert (f"to_MNI152NLin2009aSym_{label}" in names) is normalise
     # one reportlet per registration plus the brain mask; one metrics file per registration
     n_reg = int(normalise) + len(suffixes)
     assert wf.get_node("merge_reportlets").interface._numinputs == 1 + n_reg
@@ -213,14 +216,32 @@ def test_single_subject_rejects_bad_data(bad):
         init_single_subject_wf(subject_data=bad)
 
 
-def test_template_space_selection(tmp_path):
-    tpl = tmp_path / "tpl.nii.gz"
+def test_subject_spaces(tmp_path):
+    """Entries or Space objects; a ``template`` path replaces the template spaces."""
+    tpl = tmp_path / "tpl-Mine_T1w.nii.gz"
     tpl.write_bytes(b"")
-    assert select_template_space(["T1w", str(tpl)]) == str(tpl)
-    with pytest.raises(ValueError, match="neither"):
-        select_template_space(["MNI305"])
-    with pytest.raises(ValueError, match="one template space"):
-        select_template_space(["MNI152NLin2009aSym", str(tpl)])
+    assert [s.label for s in subject_spaces(["func", "MNI152NLin6Asym:res-2"])] == [
+        "T1w", "func", "MNI152NLin6Asym:res-2"]
+    spaces = subject_spaces(["T1w", "MNI152NLin2009aSym"], template=str(tpl))
+    assert [(s.name, s.kind) for s in spaces] == [("T1w", "nonstandard"), ("Mine", "file")]
+    assert subject_spaces(["T1w"], template=str(tpl))[-1].name == "T1w"
+
+
+def test_several_template_spaces(tmp_path):
+    """One registration per template; a further resolution gets its own grid node."""
+    wf = init_single_subject_wf(
+        subject_data=_subject(tmp_path, ("T2w", "bold")),
+        spaces=["MNI152NLin2009aSym:res-2", "MNI152NLin2009aSym", "T1w", "func",
+                "MNI152NLin2009aSym:res-native"])
+    names = wf.list_node_names()
+    assert [n for n in names if n.endswith(".registration") and "template" in n] == [
+        "template_wf.registration"]
+    assert "grid_MNI152NLin2009aSym" in names and "t1w_MNI152NLin2009aSym" in names
+    assert {"bold1_MNI152NLin2009aSym_res2_wf.series", "bold1_MNI152NLin2009aSym_wf.series",
+            "to_MNI152NLin2009aSym_res2_t2w0", "to_MNI152NLin2009aSym_t2w0"} <= set(names)
+    assert "grid_bold1_MNI152NLin2009aSym_res2" not in names  # res-2: the template's grid
+    assert wf.get_node("template_wf.template_source").inputs.output_resolution == "2"
+    _check_graph(wf)
 
 
 def test_workflows_are_nipype_workflows(tmp_path):
@@ -270,7 +291,7 @@ def test_precomputed_brainmask_and_normalisation(tmp_path, brainmask, normalisat
 
 
 def test_precomputed_normalisation_ignored_without_template(tmp_path):
-    wf = init_single_subject_wf(subject_data=_subject(tmp_path, ()), output_spaces=["T1w"],
+    wf = init_single_subject_wf(subject_data=_subject(tmp_path, ()), spaces=["T1w"],
                                 precomputed_normalisation=True)
     assert "normnode" not in wf.list_node_names()
 

@@ -42,8 +42,10 @@ def test_series_resample_wf_builds(with_template):
     wf._create_flat_graph()
     nodes = set(wf.list_node_names())
     assert {"series_t1w", "reference_t1w", "mask_t1w"} <= nodes
-    assert ("series_template" in nodes) == with_template
+    assert ("template_wf.series" in nodes) == with_template
     assert wf.get_node("series_t1w").inputs.interpolation == "BSpline"
+    if with_template:
+        assert wf.get_node("template_wf.series").inputs.interpolation == "BSpline"
 
 
 @pytest.fixture(scope="module")
