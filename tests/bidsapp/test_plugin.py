@@ -337,7 +337,7 @@ def test_mark_gpu_nodes_on_the_subject_workflow(device, expected):
     marked = pl.mark_gpu_nodes(wf, plugin="SLURM")
     assert len(marked) == expected
     assert all(name.endswith(("brain_extraction", "registration", "realign", "series_t1w",
-                              "series_template")) for name in marked)
+                              ".series")) for name in marked)
     resamplers = [n for n in wf._get_all_nodes()
                   if n.fullname.startswith("resample") and ".series_" not in n.fullname]
     assert resamplers and all("sbatch_args" not in n.plugin_args for n in resamplers)
