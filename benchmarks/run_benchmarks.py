@@ -341,7 +341,8 @@ def run_batch(args) -> dict | None:
 
 # --- main -----------------------------------------------------------------------------------
 
-def machine_meta(args, tool_names, skipped) -> dict:
+def host_meta(threads, device) -> dict:
+    """Date, machine, load, threads, device and commit: what every benchmark run records."""
     cpu = platform.processor() or "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -356,10 +357,16 @@ def machine_meta(args, tool_names, skipped) -> dict:
         load = "?"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                             capture_output=True, text=True).stdout.strip() or "?"
-    versions = {t: tools.version(t) for t in dict.fromkeys(tools.base_tool(t) for t in tool_names)}
     return {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
             "machine": f"{cpu}, {os.cpu_count()} CPUs ({available_cores()} available)",
-            "load average at start": load, "threads": args.threads, "device": args.device,
+            "load average at start": load, "threads": threads, "device": device,
+            "niaffine commit": commit}
+
+
+def machine_meta(args, tool_names, skipped) -> dict:
+    """:func:`host_meta` plus the run's case sets, options, tool versions and skipped tools."""
+    versions = {t: tools.version(t) for t in dict.fromkeys(tools.base_tool(t) for t in tool_names)}
+    return {**host_meta(args.threads, args.device),
             "case sets": ", ".join(_names(args.cases)) + (" (quick)" if args.quick else ""),
             "draws per group": "1 (quick)" if args.quick else ", ".join(
                 f"{name} {case_sets.draw_count(name, args.synthetic_cases, args.draws)}"
@@ -369,7 +376,6 @@ def machine_meta(args, tool_names, skipped) -> dict:
                      if args.load else "off"),
             "niaffine options": json.dumps(tool_options(args)),
             "worker environment": json.dumps(worker_env(args)) if args.env else "as is",
-            "niaffine commit": commit,
             "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
             "not run": "; ".join(skipped) or "nothing"}
 

@@ -36,7 +36,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.run_benchmarks import machine_meta  # noqa: E402
+from benchmarks.run_benchmarks import host_meta  # noqa: E402
 from niaffine.data import series as S  # noqa: E402
 from niaffine.engine.motion import (  # noqa: E402
     framewise_displacement,
@@ -243,9 +243,8 @@ def main(argv=None) -> int:
     if args.worker:
         return ants_worker(args.worker)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = machine_meta(argparse.Namespace(threads=args.threads, device=args.device, cases=1,
-                                           contrasts=args.kinds, dof="6/12", scalp=False,
-                                           masks=False, seed=args.seed))
+    meta = {**host_meta(args.threads, args.device), "series": ", ".join(args.kinds),
+            "seed": args.seed}
     results = []
     with tempfile.TemporaryDirectory(dir=args.out) as scratch:
         for kind in args.kinds:
