@@ -225,9 +225,9 @@ def tsv_text(rows: list[dict], columns) -> str:
 
 
 def _svg(fig) -> str:
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight")
-    text = buffer.getvalue()
+    from niaffine.interfaces.reports import figure_svg
+
+    text = figure_svg(fig)
     return text[text.index("<svg"):]
 
 

@@ -35,6 +35,21 @@ _EDGE_COLOUR = "#33e0ff"
 _MASK_COLOUR = "#ff3030"
 
 
+def figure_svg(fig) -> str:
+    """A matplotlib figure as SVG text that is the same on every run.
+
+    Matplotlib stamps its SVGs with the date and random element ids; with the date left out
+    and a fixed hash salt, the same figure gives the same bytes, so reruns and runs on
+    other machines (SLURM) write identical reportlets.
+    """
+    import matplotlib
+
+    buffer = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": "niaffine"}):
+        fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    return buffer.getvalue()
+
+
 def otsu_threshold(values: np.ndarray, bins: int = 128) -> float:
     """Otsu's threshold of a sample of intensities.
 

@@ -27,7 +27,7 @@ from nipype.interfaces.base import (
 )
 
 from .common import derived_name, load_image, node_errors
-from .reports import _render_layer, _svg_document, _window, cut_positions
+from .reports import _render_layer, _svg_document, _window, cut_positions, figure_svg
 
 LOGGER = logging.getLogger("niaffine.interfaces.series_reports")
 
@@ -90,10 +90,9 @@ def motion_plot_svg(confounds, out_file: str, *, title: str = "head motion",
     mean_fd = float(np.nanmean(fd)) if np.isfinite(fd).any() else 0.0
     fig.suptitle(f"{title}: mean FD {mean_fd:.3f} mm, {len(high)} volume(s) above "
                  f"{fd_threshold:g} mm", fontsize=9)
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    text = figure_svg(fig)
     with open(out_file, "w", encoding="utf-8") as stream:
-        stream.write(buffer.getvalue())
+        stream.write(text)
     return out_file
 
 

@@ -168,3 +168,22 @@ def test_errors_name_the_input(files, tmp_path, monkeypatch):
         ApplySeriesTransforms(input_image=files["bold"]["series"],
                               reference_image=files["bold"]["series"],
                               hmc_transforms=str(tmp_path / "three.txt")).run()
+
+
+def test_motion_plot_is_byte_identical_across_runs(tmp_path):
+    """Reruns and SLURM jobs write the same reportlet: no date, fixed element ids."""
+    import pandas as pd
+
+    from niaffine.interfaces.series_reports import motion_plot_svg
+
+    rng = np.random.default_rng(0)
+    columns = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
+    table = pd.DataFrame(rng.normal(0, 0.1, (12, 6)), columns=columns)
+    table["framewise_displacement"] = [np.nan, *rng.uniform(0, 0.6, 11)]
+    confounds = tmp_path / "confounds.tsv"
+    table.to_csv(confounds, sep="\t", index=False, na_rep="n/a")
+    first = motion_plot_svg(str(confounds), str(tmp_path / "a.svg"))
+    second = motion_plot_svg(str(confounds), str(tmp_path / "b.svg"))
+    text = open(first).read()
+    assert text == open(second).read()
+    assert "<dc:date>" not in text
