@@ -104,13 +104,13 @@ def _on_grid(img: nb.Nifti1Image, reference: nb.Nifti1Image, order: int) -> np.n
     )
 
 
-def _window(data: np.ndarray, support: np.ndarray) -> tuple[float, float]:
+def intensity_window(data: np.ndarray, support: np.ndarray) -> tuple[float, float]:
     values = data[support] if support.any() else data.ravel()
     lo, hi = np.percentile(values, [0.5, 99.5])
     return float(min(lo, 0.0)), float(hi if hi > lo else lo + 1.0)
 
 
-def _render_layer(background, window, edges, edge_levels, mask, cuts, zooms, title) -> bytes:
+def render_layer(background, window, edges, edge_levels, mask, cuts, zooms, title) -> bytes:
     from matplotlib.figure import Figure
 
     n_cuts = len(cuts[0])
@@ -146,7 +146,7 @@ def _render_layer(background, window, edges, edge_levels, mask, cuts, zooms, tit
     return buffer.getvalue()
 
 
-def _svg_document(layers: list[bytes], width: int, height: int, title: str) -> str:
+def svg_document(layers: list[bytes], width: int, height: int, title: str) -> str:
     """An SVG holding PNG layers; the second one flickers in on hover."""
     style = (
         "@keyframes niaffine-flicker { 0% { opacity: 0; } 100% { opacity: 1; } }\n"
@@ -233,19 +233,19 @@ def registration_svg(
         levels = sorted({low, otsu_threshold(values)})
     title = title or ("registration" if moved is not None else "brain mask")
     layers = [
-        _render_layer(
-            background, _window(background, support), edges, levels, mask, cuts, zooms, title
+        render_layer(
+            background, intensity_window(background, support), edges, levels, mask, cuts, zooms, title
         )
     ]
     if moved is not None:
         layers.append(
-            _render_layer(moved, _window(moved, support), edges, levels, mask, cuts, zooms, title)
+            render_layer(moved, intensity_window(moved, support), edges, levels, mask, cuts, zooms, title)
         )
     import matplotlib.image as mpimg
 
     height, width = mpimg.imread(io.BytesIO(layers[0]), format="png").shape[:2]
     with open(out_file, "w", encoding="utf-8") as stream:
-        stream.write(_svg_document(layers, width, height, title))
+        stream.write(svg_document(layers, width, height, title))
     LOGGER.info("reportlet %s", out_file)
     return out_file
 
@@ -276,7 +276,7 @@ class _RegistrationReportInputSpec(BaseInterfaceInputSpec):
     out_report = traits.Str(desc="output file name (default: <fixed stem>_report.svg)")
 
 
-class _RegistrationReportOutputSpec(TraitedSpec):
+class ReportletOutputSpec(TraitedSpec):
     out_report = File(exists=True, desc="SVG reportlet")
 
 
@@ -290,7 +290,7 @@ class RegistrationReport(SimpleInterface):
     """
 
     input_spec = _RegistrationReportInputSpec
-    output_spec = _RegistrationReportOutputSpec
+    output_spec = ReportletOutputSpec
 
     def _run_interface(self, runtime):
         inputs = self.inputs

@@ -21,13 +21,19 @@ from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
     SimpleInterface,
-    TraitedSpec,
     isdefined,
     traits,
 )
 
 from .common import derived_name, load_image, node_errors
-from .reports import _render_layer, _svg_document, _window, cut_positions, figure_svg
+from .reports import (
+    ReportletOutputSpec,
+    cut_positions,
+    figure_svg,
+    intensity_window,
+    render_layer,
+    svg_document,
+)
 
 LOGGER = logging.getLogger("niaffine.interfaces.series_reports")
 
@@ -122,15 +128,15 @@ def realignment_svg(before: str, after: str, out_file: str, *, mask: str | None 
     if support is None or not support.any():
         support = sd_before > np.percentile(sd_before, 50)
     cuts = cut_positions(support, n_cuts)
-    window = _window(np.maximum(sd_before, sd_after), support)
-    layers = [_render_layer(sd, window, None, [], None, cuts, zooms, f"{title}: {label}")
+    window = intensity_window(np.maximum(sd_before, sd_after), support)
+    layers = [render_layer(sd, window, None, [], None, cuts, zooms, f"{title}: {label}")
               for sd, label in ((sd_before, "temporal SD before"),
                                 (sd_after, "after (hover)"))]
     import matplotlib.image as mpimg
 
     height, width = mpimg.imread(io.BytesIO(layers[0]), format="png").shape[:2]
     with open(out_file, "w", encoding="utf-8") as stream:
-        stream.write(_svg_document(layers, width, height, title))
+        stream.write(svg_document(layers, width, height, title))
     return out_file
 
 
@@ -139,10 +145,6 @@ class _MotionReportInputSpec(BaseInterfaceInputSpec):
     title = traits.Str("head motion", usedefault=True, desc="title of the plot")
     fd_threshold = traits.Float(0.5, usedefault=True, desc="FD (mm) above which volumes are marked")
     repetition_time = traits.Float(desc="TR (s): time axis in seconds")
-
-
-class _ReportOutputSpec(TraitedSpec):
-    out_report = File(exists=True, desc="SVG reportlet")
 
 
 class MotionReport(SimpleInterface):
@@ -155,7 +157,7 @@ class MotionReport(SimpleInterface):
     """
 
     input_spec = _MotionReportInputSpec
-    output_spec = _ReportOutputSpec
+    output_spec = ReportletOutputSpec
 
     def _run_interface(self, runtime):
         out = derived_name(self.inputs.confounds_file, "_motion", ".svg", runtime.cwd)
@@ -184,7 +186,7 @@ class RealignmentReport(SimpleInterface):
     """
 
     input_spec = _RealignmentReportInputSpec
-    output_spec = _ReportOutputSpec
+    output_spec = ReportletOutputSpec
 
     def _run_interface(self, runtime):
         inputs = self.inputs
