@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--levels", type=_levels, default=(4.0, 2.0, 1.0),
                         help="pyramid spacings in multiples of the reference voxel size "
                              "[default: '4 2 1']")
-    parser.add_argument("--samples", type=_positive_int, default=15_000,
-                        help="metric sample points per volume and level [default: 15000]")
+    parser.add_argument("--samples", type=_positive_int, default=choices.SERIES_SAMPLES,
+                        help=f"metric sample points per volume and level [default: {choices.SERIES_SAMPLES}]")
     parser.add_argument("--volumes-per-call", type=_positive_int,
                         help="volumes per engine call [default: as a memory budget allows]")
     add_run_options(parser, threads_help="CPU threads for torch")

@@ -81,7 +81,7 @@ def test_transform_must_be_itk_text(capsys):
 def test_parser_defaults():
     args = build_parser().parse_args(["s.nii.gz", "-o", "x.txt"])
     assert (args.dof, args.metric, args.passes, args.levels, args.samples, args.device,
-            args.interpolation) == (None, "auto", 2, (4.0, 2.0, 1.0), 15000, "auto", "linear")
+            args.interpolation) == (None, "auto", 2, (4.0, 2.0, 1.0), 10000, "auto", "linear")
 
 
 # -- a full run -----------------------------------------------------------------------------

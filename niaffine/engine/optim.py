@@ -158,6 +158,8 @@ class Optimiser:
         (one batched metric evaluation per trial step), but an item's path does not depend on
         the other items of the batch, so a subject registered in a batch gets the result it
         gets alone. Items that have converged stay where they are while the others go on.
+        The line search halves the step until the Armijo condition holds; an item whose step
+        has shrunk below ``tolerance_mm`` (the largest parameter change) has converged.
 
         Written here rather than through :class:`torch.optim.LBFGS`: the first construction of
         any ``torch.optim`` optimizer imports ``torch._dynamo`` (about a second), which would
@@ -184,7 +186,8 @@ class Optimiser:
             slope = torch.zeros(batch, dtype=x.dtype)
             for b in active:
                 direction[b], slope[b], step[b] = self._direction(grads[b], state[b].history)
-            pending = set(active)
+            pending, stalled = set(active), set()
+            reach = {b: float(direction[b].abs().max()) for b in active}
             trial_values, trial_grads = values.clone(), grads.clone()
             for _ in range(20):
                 for b in pending:
@@ -206,9 +209,13 @@ class Optimiser:
                         pending.discard(b)
                     else:
                         step[b] *= 0.5
+                        # a step that would move nothing by tolerance_mm is not worth trying
+                        if step[b] * reach[b] < self.tolerance_mm:
+                            pending.discard(b)
+                            stalled.add(b)
                 if not pending:
                     break
-            for b in pending:  # no acceptable step: this item has converged
+            for b in pending | stalled:  # no acceptable step: this item has converged
                 x[b] = start[b]
                 state[b].done = state[b].converged = True
             for b in active:

@@ -152,6 +152,10 @@ def register_batch(fixed: Sequence, moving: Sequence, *, preset: str | None = No
     callback : callable, optional
         ``callback(level_index, spacing_mm, iteration, loss)`` after every optimiser iteration
         (``spacing_mm`` is the level's effective spacing).
+    normalise : bool
+        Winsorise and scale every image to ``[0, 1]``
+        (:func:`~niaffine.engine.volume.robust_normalise`). False: the images are already
+        (a series realignment normalises each volume once, not at every level and pass).
 
     Returns
     -------
@@ -198,6 +202,7 @@ def _register_batch(
     device: str | torch.device = "auto",
     seed: int = 0,
     callback: Callable | None = None,
+    normalise: bool = True,
 ) -> list[RegistrationResult]:
     """Implementation of :func:`register_batch` (same arguments)."""
     start = time.perf_counter()
@@ -207,8 +212,17 @@ def _register_batch(
     loss_fn, metric_name = _resolve_metric(metric, bins)
     if sampling not in SAMPLING_REGIONS:
         raise InputError(f"sampling={sampling!r} is not one of {', '.join(SAMPLING_REGIONS)}")
-    fix = [_normalised(as_volume(img, name="fixed image")) for img in fixed]
-    mov = [_normalised(as_volume(img, name="moving image")) for img in moving]
+    # one image given for many pairs (a series' reference, a template) is prepared once
+    prepared: dict = {}
+
+    def prepare(img, role):
+        if id(img) not in prepared:
+            vol = as_volume(img, name=role)
+            prepared[id(img)] = (img, _normalised(vol) if normalise else vol)
+        return prepared[id(img)][1]
+
+    fix = [prepare(img, "fixed image") for img in fixed]
+    mov = [prepare(img, "moving image") for img in moving]
     if len(fix) != len(mov) or not fix:
         raise InputError("register_batch needs as many fixed as moving images (at least one)")
     _check_batch(fix, "fixed image")
@@ -238,14 +252,19 @@ def _register_batch(
     coarse_f, coarse_f_aff = f_pyr[0]
     coarse_m, coarse_m_aff = m_pyr[0]
     centres, starts, radii = [], [], []
+    frames: dict = {}  # the fixed centre and radius of each distinct fixed image and mask
     for b in range(len(fix)):
         wf = None if fm_pyr is None else (fm_pyr[0][0][b] > 0.5)
         wm = None if mm_pyr is None else (mm_pyr[0][0][b] > 0.5)
-        c_f = centre_of_mass(coarse_f[b], coarse_f_aff[b], wf)
+        key = (id(fix[b]), None if fixed_masks is None else id(fixed_masks[b]))
+        if key not in frames:
+            c_f = (geometric_centre(fix[b].shape, fix[b].affine) if init == "geometric"
+                   else centre_of_mass(coarse_f[b], coarse_f_aff[b], wf))
+            frames[key] = (c_f, _radius(coarse_f[b], coarse_f_aff[b], c_f))
+        c_f, radius = frames[key]
         if init == "com":
             c_m = centre_of_mass(coarse_m[b], coarse_m_aff[b], wm)
         elif init == "geometric":
-            c_f = geometric_centre(fix[b].shape, fix[b].affine)
             c_m = geometric_centre(mov[b].shape, mov[b].affine)
         else:
             c_m = c_f
@@ -257,11 +276,16 @@ def _register_batch(
                 raise InputError(f"initial transform must be {ndim + 1}x{ndim + 1}, got {start_m.shape}")
         centres.append(c_f)
         starts.append(start_m)
-        radii.append(_radius(coarse_f[b], coarse_f_aff[b], c_f))
+        radii.append(radius)
     params = AffineParameters(np.stack(centres), np.array(radii), dof=dof, frozen=frozen,
                               initial=np.stack(starts)).to(dev)
 
     generators = [torch.Generator().manual_seed(int(seed)) for _ in fix]
+    # pairs with the same fixed image and mask draw the same points (same seed): draw once
+    keys = [(id(fix[b]), None if fixed_masks is None else id(fixed_masks[b]))
+            for b in range(len(fix))]
+    first: dict = {}
+    same_as = [first.setdefault(key, b) for b, key in enumerate(keys)]
     reports: list[list[LevelReport]] = [[] for _ in fix]
     for li, spacing in enumerate(levels):
         t0 = time.perf_counter()
@@ -269,7 +293,7 @@ def _register_batch(
             f_pyr[li], m_pyr[li], None if fm_pyr is None else fm_pyr[li],
             None if mm_pyr is None else mm_pyr[li], dense=metric_name == "lncc", edge_mm=edge_mm,
             whole_image=sampling == "image", moving_extent=m_extents[li],
-            max_samples=max_samples, generators=generators, device=dev,
+            max_samples=max_samples, generators=generators, device=dev, same_as=same_as,
         )
 
         with torch.no_grad():
@@ -387,12 +411,14 @@ def _masks(masks, vols: list[Volume], role: str):
         return None
     if len(masks) != len(vols):
         raise InputError(f"{role}: give one mask per image ({len(vols)}), got {len(masks)}")
-    out = []
+    out, loaded = [], {}
     for mask, vol in zip(masks, vols):
         if mask is None:
             out.append(torch.ones(1, *vol.shape))
             continue
-        mvol = as_volume(mask, name=role, mask=True)
+        if id(mask) not in loaded:  # one mask given for many pairs is read once
+            loaded[id(mask)] = (mask, as_volume(mask, name=role, mask=True))
+        mvol = loaded[id(mask)][1]
         if mvol.shape != vol.shape or not np.allclose(mvol.affine, vol.affine, atol=1e-3):
             raise InputError(f"{mvol.name}: {role} is not on the grid of {vol.name} "
                              f"(shape {mvol.shape} vs {vol.shape}, or different affine)")
@@ -432,7 +458,7 @@ def _radius(data: torch.Tensor, affine, centre) -> float:
 
 def _level_problem(fixed_level, moving_level, fmask_level, mmask_level, *, dense, edge_mm,
                    moving_extent, max_samples, generators, device,
-                   whole_image=False) -> LevelProblem:
+                   whole_image=False, same_as=None) -> LevelProblem:
     f_data, f_aff = fixed_level
     m_data, m_aff = moving_level
     spacing = float(np.min(np.sqrt((f_aff[0, :-1, :-1] ** 2).sum(axis=0))))
@@ -460,7 +486,7 @@ def _level_problem(fixed_level, moving_level, fmask_level, mmask_level, *, dense
         return LevelProblem(points, f_data, region.float(), m_data, mmask, m_to_grid,
                             dense_shape=tuple(f_data.shape[2:]), moving_extent=extent)
     points, values, weights = sample_points(f_data, f_aff, region, max_samples=max_samples,
-                                            generators=generators)
+                                            generators=generators, same_as=same_as)
     return LevelProblem(points.to(device=device, dtype=m_data.dtype), values.to(device),
                         weights.to(device), m_data, mmask, m_to_grid, moving_extent=extent)
 

@@ -170,6 +170,7 @@ def sample_points(
     *,
     max_samples: int | None,
     generators: list[torch.Generator],
+    same_as: list[int] | None = None,
 ):
     """Draw fixed sample points inside ``region`` for every batch item.
 
@@ -186,6 +187,10 @@ def sample_points(
     generators : list of torch.Generator
         One seeded CPU generator per batch item, so an item's samples do not depend on the
         other items of its batch.
+    same_as : list of int, optional
+        For each item, an earlier item (or itself) with the same fixed data, affine, region
+        and generator state: that item's points are copied rather than drawn again (one
+        reference for every volume of a series, one template for many subjects).
 
     Returns
     -------
@@ -197,8 +202,12 @@ def sample_points(
     b, c = fixed.shape[:2]
     shape = fixed.shape[2:]
     flat_region = region.reshape(b, -1).cpu()
+    same_as = list(range(b)) if same_as is None else [int(k) for k in same_as]
     chosen = []
     for item in range(b):
+        if same_as[item] != item:
+            chosen.append(chosen[same_as[item]])
+            continue
         idx = torch.nonzero(flat_region[item], as_tuple=False)[:, 0]
         if max_samples is not None and idx.numel() > max_samples:
             pick = torch.randperm(idx.numel(), generator=generators[item])[:max_samples]
@@ -210,6 +219,10 @@ def sample_points(
     weights = torch.zeros(b, n, dtype=fixed.dtype)
     flat_fixed = fixed.reshape(b, c, -1).cpu()
     for item, idx in enumerate(chosen):
+        if same_as[item] != item:
+            k = same_as[item]
+            points[item], values[item], weights[item] = points[k], values[k], weights[k]
+            continue
         aff = torch.as_tensor(np.asarray(affine[item], dtype=float))
         k = idx.numel()
         values[item, :, :k] = flat_fixed[item][:, idx]

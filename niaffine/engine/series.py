@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from .. import choices
 from ..errors import InputError, RegistrationError
 from .register import resolve_device
 from .series_levels import SeriesLevels
@@ -71,7 +72,7 @@ DEFAULT_LEVELS = (4.0, 2.0, 1.0)
 #: Gaussian blur (standard deviation) of every level, as a fraction of its spacing.
 DEFAULT_SMOOTHING = 1.0
 #: Sample points per volume and level: a random subset of the mask's voxels beyond this.
-DEFAULT_SAMPLES = 15_000
+DEFAULT_SAMPLES = choices.SERIES_SAMPLES
 #: Largest b-value treated as b=0 (s/mm^2).
 B0_THRESHOLD = 50.0
 
@@ -156,7 +157,7 @@ def register_series(
         the pass against the robust reference.
     max_samples : int or None
         Sample points per volume and level (None: every voxel in the mask). A 3 mm brain
-        has about 60 000 voxels; 15 000 random ones (seeded) estimate the motion about as well.
+        has about 60 000 voxels; 10 000 random ones (seeded) estimate the motion about as well.
     max_iterations : int
         Iteration cap per level.
     tolerance, tolerance_mm : float

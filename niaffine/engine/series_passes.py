@@ -142,8 +142,12 @@ def _register_chunk(items, matrices, vols: SeriesLevels, target: Target, dof, me
     """
     current = {t: matrices[t] for t in items}
     iterations = dict.fromkeys(items, 0)
+    levels = levels or settings.levels
     try:
-        for factor in levels or settings.levels:
+        for factor in sorted(settings.levels):  # finest first: coarser levels reuse finer ones
+            spacing = factor * target.voxel
+            vols.volumes(items, spacing, settings.smoothing * spacing)
+        for factor in levels:
             spacing = factor * target.voxel
             sigma = settings.smoothing * spacing
             fixed, fixed_mask = target.level(spacing, sigma)
@@ -152,7 +156,8 @@ def _register_chunk(items, matrices, vols: SeriesLevels, target: Target, dof, me
                 fixed_masks=[fixed_mask] * len(items),
                 initial_matrices=[current[t] for t in items], dof=dof,
                 metric=SERIES_METRICS[metric],
-                init="identity", levels_mm=(level_spacing(fixed),), smoothing_mm=0.0,
+                init="identity", rotation_search=False, normalise=False,
+                levels_mm=(level_spacing(fixed),), smoothing_mm=0.0,
                 edge_mm=0.0, max_samples=settings.max_samples,
                 max_iterations=settings.max_iterations, tolerance=settings.tolerance,
                 tolerance_mm=settings.tolerance_mm, device=settings.device, seed=settings.seed)

@@ -18,6 +18,7 @@ from scipy import ndimage as ndi
 
 from ..errors import InputError
 from ..masks import largest_component
+from ..threads import thread_map
 from .resample import resample_array, voxel_map
 
 LOGGER = logging.getLogger(__name__)
@@ -222,8 +223,11 @@ def robust_reference(data: np.ndarray, matrices: np.ndarray, affine: np.ndarray,
         volumes = [volumes[i] for i in np.unique(pick)]
     shape = grid_img.shape[:3]
     stack = np.empty((len(volumes),) + tuple(shape), dtype=np.float32)
-    for k, t in enumerate(volumes):
-        vox = voxel_map(matrices[t], grid_img.affine, affine)
-        stack[k] = resample_array(data[t], vox, shape, order=3)
+
+    def resample(k):
+        vox = voxel_map(matrices[volumes[k]], grid_img.affine, affine)
+        stack[k] = resample_array(data[volumes[k]], vox, shape, order=3)
+
+    thread_map(resample, range(len(volumes)))
     combined = np.median(stack, axis=0) if len(volumes) >= 5 else stack.mean(axis=0)
     return volume_image(combined, grid_img.affine)

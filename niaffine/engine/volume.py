@@ -123,6 +123,29 @@ def as_volume(images, *, name: str = "image", mask: bool = False) -> Volume:
     return Volume(tensor, affine, label)
 
 
+def robust_range(values: torch.Tensor, *, lower: float = 0.5,
+                 upper: float = 99.5) -> tuple[float, float]:
+    """The ``lower`` and ``upper`` percentiles of the non-zero values (all values if none).
+
+    Beyond two million values, every ``n // 1e6``-th one is used. The range is never empty:
+    constant data gives its minimum and maximum, and ``hi - lo`` is then replaced by one where
+    it is zero (see :func:`robust_normalise`).
+
+    >>> robust_range(torch.arange(1001.0))
+    (5.995, 995.005)
+    """
+    flat = values.reshape(-1)
+    nonzero = flat[flat != 0]
+    if nonzero.numel() == 0:
+        nonzero = flat
+    if nonzero.numel() > 2_000_000:
+        nonzero = nonzero[::nonzero.numel() // 1_000_000]
+    lo, hi = np.percentile(nonzero.cpu().numpy(), [lower, upper])
+    if not hi > lo:
+        lo, hi = float(nonzero.min()), float(nonzero.max())
+    return float(lo), float(hi)
+
+
 def robust_normalise(data: torch.Tensor, *, lower: float = 0.5, upper: float = 99.5) -> torch.Tensor:
     """Winsorise each channel to percentiles of its non-zero voxels and scale to ``[0, 1]``.
 
@@ -130,7 +153,7 @@ def robust_normalise(data: torch.Tensor, *, lower: float = 0.5, upper: float = 9
     ----------
     data : (C, ...) tensor
     lower, upper : float
-        Percentiles (as ANTs' default winsorisation, 0.5 and 99.5).
+        Percentiles (as ANTs' default winsorisation, 0.5 and 99.5), see :func:`robust_range`.
 
     Examples
     --------
@@ -141,16 +164,7 @@ def robust_normalise(data: torch.Tensor, *, lower: float = 0.5, upper: float = 9
     """
     out = torch.empty_like(data)
     for c in range(data.shape[0]):
-        flat = data[c].reshape(-1)
-        values = flat[flat != 0]
-        if values.numel() == 0:
-            values = flat
-        if values.numel() > 2_000_000:
-            step = values.numel() // 1_000_000
-            values = values[::step]
-        lo, hi = np.percentile(values.cpu().numpy(), [lower, upper])
-        if not hi > lo:
-            lo, hi = float(values.min()), float(values.max())
+        lo, hi = robust_range(data[c], lower=lower, upper=upper)
         span = hi - lo if hi > lo else 1.0
         out[c] = ((data[c] - lo) / span).clamp_(0.0, 1.0)
     return out

@@ -97,3 +97,22 @@ def test_a_nan_in_one_item_leaves_the_others_alone():
     assert not report.item_converged[0]
     torch.testing.assert_close(batch[1], alone[0], rtol=0, atol=1e-12)
     assert report.for_item(1) == single.for_item(0) and single.converged
+
+
+def test_line_search_gives_up_below_the_tolerance():
+    """At a kink (|x| just off its minimum) every trial step overshoots: an item stops halving
+    its step once the step would move no parameter by ``tolerance_mm``, and has converged,
+    instead of spending all 20 halvings of the line search."""
+
+    def run(tolerance_mm):
+        param = torch.nn.Parameter(torch.full((2, 1), 1e-9, dtype=torch.float64))
+        report = Optimiser([param], tolerance_mm=tolerance_mm, tolerance=0.0).run(
+            lambda: param.abs().sum(-1))
+        return report, param.detach()
+
+    (stopped, at), (exhausted, _) = run(1e-3), run(1e-12)
+    assert all(stopped.item_converged) and all(exhausted.item_converged)
+    # trial steps 1, 1/2, ... 1/512 mm fail; 1/1024 is below 1e-3 mm and is not tried
+    assert stopped.item_evaluations == [11, 11]
+    assert exhausted.item_evaluations == [21, 21]  # the first evaluation and 20 halvings
+    torch.testing.assert_close(at, torch.full((2, 1), 1e-9, dtype=torch.float64))
