@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pyramid spacings in mm, coarse to fine [default: the preset's, "
                              "'8 4 2 1']")
     parser.add_argument("--samples", type=_positive_int, default=None,
-                        help="metric sample points per level [default: the preset's, 100000]")
+                        help="metric sample points at the finest level (coarser levels: at most "
+                             "25000) [default: the preset's, 100000]")
     parser.add_argument("--sampling", choices=choices.SAMPLING_REGIONS, default=None,
                         help="where the metric samples FIXED without --fixed-mask: foreground "
                              "(the fixed foreground) or image (its whole grid, background "

@@ -57,7 +57,7 @@ class RegistrationOptions:
     levels_mm : tuple of float or None
         Pyramid spacings (the preset's when ``None``).
     max_samples : int or None
-        Metric sample points per level (the preset's when ``None``).
+        Metric sample points at the finest level (the preset's when ``None``).
     sampling : {"foreground", "image"} or None
         Where the metric samples the fixed image without a fixed mask (the preset's when
         ``None``; see :func:`niaffine.engine.register`).

