@@ -30,7 +30,6 @@ from ..threads import thread_map
 from .pyramid import gaussian_smooth
 from .volume import Volume, robust_range
 
-
 #: A volume's intensity range is read from at most this many of its voxels (every n-th one
 #: beyond): the 0.5/99.5 % percentiles of 50 000 voxels are as good as of all of them.
 RANGE_VALUES = 100_000
