@@ -158,6 +158,10 @@ def register_batch(fixed: Sequence, moving: Sequence, *, preset: str | None = No
     callback : callable, optional
         ``callback(level_index, spacing_mm, iteration, loss)`` after every optimiser iteration
         (``spacing_mm`` is the level's effective spacing).
+    rigid_first : bool
+        Optimise the coarsest level rigidly before freeing every degree of freedom (see
+        below). False: all at once (a series realignment calls the engine once per level,
+        and only its first level starts far from the answer).
     normalise : bool
         Winsorise and scale every image to ``[0, 1]``
         (:func:`~niaffine.engine.volume.robust_normalise`). False: the images are already
@@ -210,6 +214,7 @@ def _register_batch(
     seed: int = 0,
     callback: Callable | None = None,
     normalise: bool = True,
+    rigid_first: bool = True,
 ) -> list[RegistrationResult]:
     """Implementation of :func:`register_batch` (same arguments)."""
     start = time.perf_counter()
@@ -353,7 +358,8 @@ def _register_batch(
             if search:
                 _rotation_search(params, objective, search_max_deg, search_step_deg, tolerance)
         rigid = [getattr(params, g) for g in ("translation", "rotation") if g in params.active]
-        staged = li == 0 and len(rigid) < len(params.active) and "rotation" in params.active
+        staged = (rigid_first and li == 0 and len(rigid) < len(params.active)
+                  and "rotation" in params.active)
         # Rigid first at the coarsest level (as ANTs' Rigid -> Affine stages and FLIRT's
         # 6 -> 12 dof): zooms and shears freed too early let it settle in a wrong, distorted
         # basin. The stages share the level's iteration cap.

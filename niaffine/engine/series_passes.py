@@ -157,6 +157,7 @@ def _register_chunk(items, matrices, vols: SeriesLevels, target: Target, dof, me
                 initial_matrices=[current[t] for t in items], dof=dof,
                 metric=SERIES_METRICS[metric],
                 init="identity", rotation_search=False, normalise=False,
+                rigid_first=factor == settings.levels[0],
                 levels_mm=(level_spacing(fixed),), smoothing_mm=0.0,
                 edge_mm=0.0, max_samples=settings.max_samples,
                 max_iterations=settings.max_iterations, tolerance=settings.tolerance,

@@ -123,12 +123,11 @@ def as_volume(images, *, name: str = "image", mask: bool = False) -> Volume:
     return Volume(tensor, affine, label)
 
 
-def robust_range(values: torch.Tensor, *, lower: float = 0.5, upper: float = 99.5,
-                 max_values: int = 2_000_000) -> tuple[float, float]:
+def robust_range(values: torch.Tensor, *, lower: float = 0.5,
+                 upper: float = 99.5) -> tuple[float, float]:
     """The ``lower`` and ``upper`` percentiles of the non-zero values (all values if none).
 
-    Beyond ``max_values`` values, every ``n // (max_values / 2)``-th one is used (by default
-    every ``n // 1e6``-th beyond two million). The range is never empty:
+    Beyond two million values, every ``n // 1e6``-th one is used. The range is never empty:
     constant data gives its minimum and maximum, and ``hi - lo`` is then replaced by one where
     it is zero (see :func:`robust_normalise`).
 
@@ -139,8 +138,8 @@ def robust_range(values: torch.Tensor, *, lower: float = 0.5, upper: float = 99.
     nonzero = flat[flat != 0]
     if nonzero.numel() == 0:
         nonzero = flat
-    if nonzero.numel() > max_values:
-        nonzero = nonzero[::nonzero.numel() // max(max_values // 2, 1)]
+    if nonzero.numel() > 2_000_000:
+        nonzero = nonzero[::nonzero.numel() // 1_000_000]
     lo, hi = np.percentile(nonzero.cpu().numpy(), [lower, upper])
     if not hi > lo:
         lo, hi = float(nonzero.min()), float(nonzero.max())

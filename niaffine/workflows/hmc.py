@@ -422,19 +422,23 @@ def init_series_wf(
     in_file, in_bval, in_bvec
         The raw series (and, for DWI, its FSL b-values and b-vectors).
     t1w, t1w_brain, t1w_mask
-        The T1w (output grid), its brain and brain mask (coregistration).
+        The T1w (output grid), its brain and brain mask (coregistration; the mask is also
+        the series' brain mask).
     t1w2template_xfm, template
         Normalisation, when ``with_template``.
 
     Outputs
     -------
-    See :data:`SERIES_OUTPUTS`.
+    See :data:`SERIES_OUTPUTS`. ``reference_mask`` (and ``mask_t1w``, ``mask_template``) is
+    the T1w brain mask brought onto the reference's grid through the coregistration (nearest
+    neighbour), as fMRIPrep's ``desc-brain_mask`` of a BOLD run is a brain mask; the
+    realignment's own head mask stays inside the head-motion workflow.
 
     Examples
     --------
     >>> wf = init_series_wf(kind="dwi", with_template=False)
-    >>> sorted(n for n in wf.list_node_names() if n.count(".") == 0)[:2]
-    ['inputnode', 'outputnode']
+    >>> sorted(n for n in wf.list_node_names() if n.count(".") == 0)
+    ['brain_mask', 'inputnode', 'outputnode']
     """
     from .coreg import init_coreg_wf
 
@@ -455,8 +459,12 @@ def init_series_wf(
                                           omp_nthreads=omp_nthreads, mem_gb=2 * mem_gb,
                                           name="resample_wf")
     resample_wf.inputs.inputnode.voxel_size = voxel_size
-    hmc_fields = ["hmc_xfm", "reference", "reference_mask", "confounds_file",
-                  "confounds_metadata", "motion_report", "realignment_report", "pe_direction"]
+    # the brain mask of the series: the T1w's, brought onto the reference's grid through the
+    # coregistration (the realignment's own mask is the whole head, for the motion metric)
+    brain_mask = resampling_node("brain_mask", out_postfix="_desc-brain",
+                                 interpolation="NearestNeighbor", omp_nthreads=omp_nthreads)
+    hmc_fields = ["hmc_xfm", "reference", "confounds_file", "confounds_metadata",
+                  "motion_report", "realignment_report", "pe_direction"]
     # fmt: off
     workflow.connect([
         (inputnode, hmc_wf, [("in_file", "inputnode.in_file")]),
@@ -466,8 +474,12 @@ def init_series_wf(
         (inputnode, resample_wf, [("in_file", "inputnode.in_file"),
                                   ("t1w", "inputnode.t1w_reference")]),
         (hmc_wf, resample_wf, [("outputnode.hmc_xfm", "inputnode.hmc_xfm"),
-                               ("outputnode.reference", "inputnode.reference"),
-                               ("outputnode.reference_mask", "inputnode.reference_mask")]),
+                               ("outputnode.reference", "inputnode.reference")]),
+        (inputnode, brain_mask, [("t1w_mask", "input_image")]),
+        (hmc_wf, brain_mask, [("outputnode.reference", "reference_image")]),
+        (coreg_wf, brain_mask, [("outputnode.inv_xfm", "transforms")]),
+        (brain_mask, resample_wf, [("output_image", "inputnode.reference_mask")]),
+        (brain_mask, outputnode, [("output_image", "reference_mask")]),
         (coreg_wf, resample_wf, [("outputnode.xfm", "inputnode.coreg_xfm")]),
         (hmc_wf, outputnode, [(f"outputnode.{f}", f) for f in hmc_fields]
          + [("outputnode.run_facts", "hmc_run_facts"), ("outputnode.realigned", "series_func")]),

@@ -267,3 +267,22 @@ def test_bad_series_inputs(series_bids, tmp_path, capsys, breaker):
     assert lines and words in lines[0], text.err[-2000:]
     assert not [p for p in (out / "sub-01").rglob("*") if p.is_file()]
     assert not (tmp_path / "work").exists() or not list((tmp_path / "work").rglob("*.pklz"))
+
+
+@pytest.mark.parametrize("space", ["T1w", TEMPLATE])
+def test_bold_brain_mask_is_the_brain(series_run, space):
+    """``space-<space>_desc-brain_mask`` of the BOLD is a brain mask (the T1w's, carried through
+    the coregistration), not the whole head the realignment samples: against the T1w brain
+    mask in that space, resampled onto the BOLD output grid."""
+    from niaffine.engine import resample_image
+    from niaffine.io import load_transform
+
+    out = series_run["out"]
+    mask_img = nb.load(out / f"{FUNC}_space-{space}_desc-brain_mask.nii.gz")
+    mask = np.asanyarray(mask_img.dataobj) > 0
+    to_space = np.eye(4) if space == "T1w" else load_transform(
+        out / f"sub-01/anat/sub-01_from-T1w_to-{TEMPLATE}_mode-image_xfm.txt")
+    brain = np.asanyarray(resample_image(nb.load(out / "sub-01/anat/sub-01_desc-brain_mask.nii.gz"),
+                                         to_space, mask_img, order=0).dataobj) > 0
+    dice = 2 * (mask & brain).sum() / (mask.sum() + brain.sum())
+    assert dice > 0.9, dice

@@ -626,3 +626,21 @@ def test_coarse_levels_sample_fewer_points(fixed, affine_case):
     coarse, finest = samples(max_samples=40_000, coarse_samples=None)
     assert coarse > 5000 and finest == 40_000  # every voxel of the 6 mm region (< 40 000)
     assert samples(max_samples=3000) == [3000, 3000]
+
+
+def test_rigid_first_can_be_turned_off(fixed, affine_case):
+    """The coarsest level runs rigid, then all 12 dof (its iteration count starts again);
+    ``rigid_first=False`` runs it once with every degree of freedom."""
+    true, moving = affine_case
+
+    def level0_iterations(**extra):
+        seen = []
+        result = register(fixed[0], moving, dof=12, callback=lambda li, sp, it, loss:
+                          seen.append(it) if li == 0 else None, **C.FAST, **extra)
+        return seen, result
+
+    staged, _ = level0_iterations()
+    single, result = level0_iterations(rigid_first=False)
+    assert any(b <= a for a, b in zip(staged, staged[1:]))  # two runs: the count restarts
+    assert all(b > a for a, b in zip(single, single[1:]))
+    assert C.error_mm(true, result.matrix) < AFFINE_MM
