@@ -9,9 +9,11 @@ from benchmarks import series
 
 def test_series_benchmark_runs_and_writes_results(tmp_path):
     rc = series.main(["--out", str(tmp_path), "--kinds", "bold", "--tools", "niaffine",
-                      "--bold-volumes", "6", "--threads", "1"])
+                      "--bold-volumes", "6", "--threads", "1", "--repeats", "2"])
     assert rc == 0
     data = json.loads((tmp_path / "series_results.json").read_text())
     assert {"date", "machine", "threads", "niaffine commit"} <= set(data["meta"])
     (row,) = data["results"]
     assert row["tool"] == "niaffine" and row["volumes"] == 6 and row["mean_mm"] < 0.3
+    assert data["meta"]["repeats"] == 2 and len(row["seconds_all"]) == 2
+    assert min(row["seconds_all"]) <= row["seconds"] <= max(row["seconds_all"])
