@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "'8 4 2 1']")
     parser.add_argument("--samples", type=_positive_int, default=None,
                         help="metric sample points at the finest level (coarser levels: at most "
-                             "25000) [default: the preset's, 100000]")
+                             "25000, or as many with --preset template) [default: the "
+                             "preset's, 100000]")
     parser.add_argument("--sampling", choices=choices.SAMPLING_REGIONS, default=None,
                         help="where the metric samples FIXED without --fixed-mask: foreground "
                              "(the fixed foreground) or image (its whole grid, background "

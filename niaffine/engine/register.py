@@ -267,12 +267,17 @@ def _register_batch(
     # Centres, scales and the starting transform, from the coarsest level.
     coarse_f, coarse_f_aff = f_pyr[0]
     coarse_m, coarse_m_aff = m_pyr[0]
+    # pairs that share a fixed image and mask (a series' reference, a template) share its
+    # centre, radius and (same seed) sample points: each is computed once
+    keys = [(id(fix[b]), None if fixed_masks is None else id(fixed_masks[b]))
+            for b in range(len(fix))]
+    first: dict = {}
+    same_as = [first.setdefault(key, b) for b, key in enumerate(keys)]
     centres, starts, radii = [], [], []
-    frames: dict = {}  # the fixed centre and radius of each distinct fixed image and mask
-    for b in range(len(fix)):
+    frames: dict = {}
+    for b, key in enumerate(keys):
         wf = None if fm_pyr is None else (fm_pyr[0][0][b] > 0.5)
         wm = None if mm_pyr is None else (mm_pyr[0][0][b] > 0.5)
-        key = (id(fix[b]), None if fixed_masks is None else id(fixed_masks[b]))
         if key not in frames:
             c_f = (geometric_centre(fix[b].shape, fix[b].affine) if init == "geometric"
                    else centre_of_mass(coarse_f[b], coarse_f_aff[b], wf))
@@ -297,11 +302,6 @@ def _register_batch(
                               initial=np.stack(starts)).to(dev)
 
     generators = [torch.Generator().manual_seed(int(seed)) for _ in fix]
-    # pairs with the same fixed image and mask draw the same points (same seed): draw once
-    keys = [(id(fix[b]), None if fixed_masks is None else id(fixed_masks[b]))
-            for b in range(len(fix))]
-    first: dict = {}
-    same_as = [first.setdefault(key, b) for b, key in enumerate(keys)]
     reports: list[list[LevelReport]] = [[] for _ in fix]
     for li, spacing in enumerate(levels):
         t0 = time.perf_counter()

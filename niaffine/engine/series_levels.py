@@ -9,7 +9,7 @@ once: a Gaussian blur of ``smoothing * spacing`` (standard deviation, mm) then s
 then gets images already at the level's resolution and does no smoothing of its own.
 
 Every volume is winsorised and scaled to ``[0, 1]`` once (as the engine would at every call,
-:func:`~niaffine.engine.volume.robust_range`), before it is blurred. A coarse level is made from
+:func:`~niaffine.engine.volume.robust_normalise`), before it is blurred. A coarse level is made from
 a finer one already made where its sampling steps are multiples of the finer one's: Gaussian
 blurs add in variance, so the finer level is blurred by ``sqrt(sigma**2 - sigma_finer**2)`` on
 its own, smaller grid (the finer level's own blur keeps its sampling free of aliasing).
@@ -28,7 +28,7 @@ from scipy import ndimage as ndi
 
 from ..threads import thread_map
 from .pyramid import gaussian_smooth
-from .volume import Volume, robust_range
+from .volume import Volume, robust_normalise
 
 
 def level_steps(voxel_size, spacing_mm: float) -> np.ndarray:
@@ -63,7 +63,6 @@ class SeriesLevels:
         self.data, self.affine, self.name, self.device = data, np.asarray(affine, float), name, device
         self.voxel = nib.affines.voxel_sizes(self.affine)
         self._cache: dict = {}
-        self._ranges: dict = {}
 
     def volumes(self, items, spacing_mm: float, sigma_mm: float) -> list[Volume]:
         """Level ``spacing_mm`` (blurred by ``sigma_mm``) of the volumes ``items``."""
@@ -105,11 +104,7 @@ class SeriesLevels:
         out = np.empty((len(items),) + self.data.shape[1:], dtype=np.float32)
 
         def scale(k):
-            t = items[k]
-            if t not in self._ranges:
-                self._ranges[t] = robust_range(torch.from_numpy(self.data[t]))
-            lo, hi = self._ranges[t]
-            np.clip((self.data[t] - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0, out=out[k])
+            out[k] = robust_normalise(torch.from_numpy(self.data[items[k]])[None])[0].numpy()
 
         thread_map(scale, range(len(items)))
         return out
@@ -151,9 +146,8 @@ def reference_level(ref_img, mask_img, spacing_mm: float, sigma_mm: float, devic
     """
     voxel = nib.affines.voxel_sizes(ref_img.affine)
     steps = level_steps(voxel, spacing_mm)
-    data = np.asanyarray(ref_img.dataobj).astype(np.float32)[None]
-    lo, hi = robust_range(torch.from_numpy(data))
-    data = np.clip((data - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+    data = robust_normalise(torch.from_numpy(
+        np.asanyarray(ref_img.dataobj).astype(np.float32)[None])).numpy()
     level = blur_and_sample(data, voxel, steps, sigma_mm, device)[0]
     affine = np.asarray(ref_img.affine, dtype=float) @ np.diag(np.r_[steps, 1.0])
     name = ref_img.get_filename() or "reference"
