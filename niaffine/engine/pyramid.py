@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .frames import voxel_to_grid
+from .frames import sample_grid, voxel_to_grid
 
 
 def gaussian_kernel(sigma: float, *, truncate: float = 3.0, dtype=torch.float32, device=None):
@@ -102,8 +102,8 @@ def downsample(data: torch.Tensor, affine: np.ndarray, factors) -> tuple[torch.T
     axes = [torch.arange(n, dtype=torch.float32, device=data.device) for n in new_shape]
     idx = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
     grid = idx @ to_grid[:ndim, :ndim].T + to_grid[:ndim, ndim]
-    grid = grid.unsqueeze(0).expand(data.shape[0], *grid.shape)
-    out = F.grid_sample(data, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    points = grid.reshape(1, -1, *([1] * (ndim - 1)), ndim).expand(data.shape[0], -1, *([-1] * ndim))
+    out = sample_grid(data, points).reshape(*data.shape[:2], *new_shape)
     return out, new_affine
 
 

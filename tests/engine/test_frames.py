@@ -110,3 +110,24 @@ def test_inside_grid():
     pts = torch.tensor([[[0.0, 0.0, 0.0], [1.0, -1.0, 1.0], [1.01, 0.0, 0.0]]])
     assert frames.inside_grid(pts).tolist() == [[True, True, False]]
     assert frames.inside_grid(pts, margin=0.02).tolist() == [[True, True, True]]
+
+
+@pytest.mark.parametrize("padding_mode", ["border", "zeros"])
+def test_sample_grid_cut_in_pieces_equals_one_grid_sample(padding_mode):
+    """One CPU item's points are sampled in pieces (threads): same values and gradients."""
+    from niaffine.engine.frames import CPU_PIECES, MIN_PIECE, sample_grid
+
+    gen = torch.Generator().manual_seed(0)
+    volume = torch.rand(1, 2, 9, 10, 11, generator=gen, dtype=torch.float64)
+    n = CPU_PIECES * MIN_PIECE + 5  # not a multiple of the pieces: the last one is padded
+    points = (torch.rand(1, n, 1, 1, 3, generator=gen, dtype=torch.float64) * 2.2 - 1.1)
+    ours, ref = points.clone().requires_grad_(True), points.clone().requires_grad_(True)
+    out = sample_grid(volume, ours, padding_mode=padding_mode)
+    expected = F.grid_sample(volume, ref, mode="bilinear", padding_mode=padding_mode,
+                             align_corners=True)
+    assert out.shape == expected.shape == (1, 2, n, 1, 1)
+    assert torch.equal(out, expected)
+    weights = torch.rand(expected.shape, generator=gen, dtype=torch.float64)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert torch.allclose(ours.grad, ref.grad, rtol=0, atol=1e-12)
