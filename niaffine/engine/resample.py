@@ -6,11 +6,10 @@ from __future__ import annotations
 import nibabel as nb
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import choices
 from ..errors import InputError
-from .frames import voxel_to_grid
+from .frames import sample_grid, voxel_to_grid
 
 ORDERS = {order: name for name, order in choices.INTERPOLATIONS.items()}
 
@@ -84,7 +83,8 @@ def resample_array(data: np.ndarray, vox_map: np.ndarray, out_shape, *, order: i
     for t0 in range(0, series.shape[-1], chunk):
         block = np.moveaxis(series[..., t0:t0 + chunk], -1, 0).astype(np.float32)
         vol = torch.from_numpy(np.ascontiguousarray(block))[None].to(dev)
-        res = F.grid_sample(vol, grid, mode=mode, padding_mode="border", align_corners=True)[0]
+        res = sample_grid(vol, grid.reshape(1, -1, 1, 1, 3), mode=mode)
+        res = res.reshape(vol.shape[1], *out_shape)
         res = torch.where(inside, res, torch.as_tensor(fill, dtype=res.dtype, device=dev))
         res = res.cpu().numpy()
         if keep_dtype:
