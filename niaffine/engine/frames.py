@@ -130,8 +130,8 @@ def sample_grid(volume: torch.Tensor, grid: torch.Tensor, *, mode: str = "biline
     PyTorch's CPU sampler spreads a batch over threads item by item, so one image's points
     ran on one thread. With a single item on the CPU the points are cut into
     :data:`CPU_PIECES` pieces that sample the same volume (a view, not a copy) as batch
-    items: 1.9x faster forward and backward on 2 threads for 100 000 points (and faster on
-    one thread too, measured with torch 2.13). Values and gradients are those of one call.
+    items: forward and backward about 2x faster on 2 threads for 100 000 points (measured
+    with torch 2.13). Values and gradients are those of one call.
 
     Parameters
     ----------

@@ -543,8 +543,10 @@ def _level_problem(fixed_level, moving_level, fmask_level, mmask_level, *, dense
         bands = [0] * len(bands)
     else:
         foreground = (f_data.sum(1, keepdim=True) > FOREGROUND).float()
-        grown = dilate(foreground, 2) if 0 in bands else foreground
-        region = torch.stack([fg if band else g for fg, g, band in zip(foreground, grown, bands)])
+        region = foreground
+        if 0 in bands:  # no band: the outline and a little background are sampled
+            grown = dilate(foreground, 2)
+            region = torch.stack([fg if band else g for fg, g, band in zip(foreground, grown, bands)])
     for band in sorted(set(bands) - {0}):
         items = [b for b, other in enumerate(bands) if other == band]
         inner = erode(region[items], band)

@@ -68,6 +68,9 @@ def test_auto_band_registers_as_the_explicit_width(brain, head):
     """``auto`` gives exactly the registration of the width it chooses."""
     true = C.true_affine(4, 12)
     moving = C.moving_image(true, orientation="LPS")
+    # the two widths give different answers on the head, so the comparison below can tell
+    assert not np.array_equal(register(head, moving, edge_mm=0.0, **QUICK).matrix,
+                              register(head, moving, edge_mm=3.0, **QUICK).matrix)
     for fixed, width in ((brain[0], 3.0), (head, 0.0)):
         auto = register(fixed, moving, **QUICK).matrix
         assert np.array_equal(auto, register(fixed, moving, edge_mm=width, **QUICK).matrix)
