@@ -89,32 +89,48 @@ def _cubic_bspline_slopes(t: torch.Tensor) -> torch.Tensor:
     return torch.stack([-3 * (1 - t) ** 2, 9 * t2 - 12 * t, -9 * t2 + 6 * t + 3, 3 * t2], -1) / 6
 
 
+def _window_offsets(bins: int) -> list[int]:
+    """Flat-histogram offsets of a sample's 8 bins from its first: 2 fixed rows x 4 columns."""
+    return [row * bins + col for row in range(2) for col in range(4)]
+
+
 class _SparseHistogram(torch.autograd.Function):
     """Joint histogram from fixed bin rows and moving bin coordinates, with a lean backward.
 
-    Autograd through the generic formulation stores and differentiates every ``(N, 2, 4)``
-    intermediate; here the backward is one gather of the histogram gradient at the 8 bins of
-    each sample, weighted by the B-spline slopes (the histogram is linear in the window
-    weights, and only the moving windows depend on the parameters).
+    A sample's 8 bins lie at fixed offsets from its first bin (2 rows of 4 columns), so each
+    sample adds one row of 8 values at one index into a ``(bins**2, 8)`` table, and the table's
+    columns, shifted by their offsets, add up to the histogram. That is one index per sample
+    where a flat scatter needs eight. The backward gathers the histogram gradient the same way
+    (one row of the 8 shifted gradients per sample) and weights it by the B-spline slopes: the
+    histogram is linear in the window weights, and only the moving windows depend on the
+    parameters.
     """
 
     @staticmethod
     def forward(ctx, um, rows, fixed_weights, size):
-        m0 = um.floor()
+        bins, cells = size[-1], math.prod(size)
+        # the first of the 4 moving bins; um = bins - 2 (t = 0 at the last bin) is the same
+        # window as t = 1 one bin lower, which keeps all 4 bins inside the row
+        m0 = um.detach().floor().clamp_(max=bins - 3)
         t = um - m0
-        bins = size[-1]
-        cols = (m0.long()[..., None] + torch.arange(-1, 3, device=um.device)).clamp(0, bins - 1)
-        index = (rows[..., :, None] + cols[..., None, :]).reshape(-1)
+        index = (rows + m0.long() - 1).reshape(-1)
         values = fixed_weights[..., :, None] * _cubic_bspline_weights(t)[..., None, :]
-        flat = torch.zeros(math.prod(size), dtype=um.dtype, device=um.device)
-        flat.index_add_(0, index, values.reshape(-1))
+        table = torch.zeros(cells, 8, dtype=um.dtype, device=um.device)
+        table.index_add_(0, index, values.reshape(-1, 8))
+        flat = torch.zeros(cells + bins + 3, dtype=um.dtype, device=um.device)
+        for j, offset in enumerate(_window_offsets(bins)):
+            flat[offset:offset + cells] += table[:, j]
         ctx.save_for_backward(t, index, fixed_weights)
-        return flat.reshape(size)
+        return flat[:cells].reshape(size)
 
     @staticmethod
     def backward(ctx, grad):
         t, index, fixed_weights = ctx.saved_tensors
-        g = grad.reshape(-1)[index].reshape(*t.shape, 2, 4)
+        bins = grad.shape[-1]
+        cells = grad.numel()
+        padded = torch.cat([grad.reshape(-1), grad.new_zeros(bins + 3)])
+        table = torch.stack([padded[o:o + cells] for o in _window_offsets(bins)], 1)
+        g = table.index_select(0, index).reshape(*t.shape, 2, 4)
         per_moving_bin = (g * fixed_weights[..., :, None]).sum(-2)
         return (per_moving_bin * _cubic_bspline_slopes(t)).sum(-1), None, None, None
 
@@ -125,7 +141,7 @@ def bspline_joint_histogram(fixed: torch.Tensor, moving: torch.Tensor, weight: t
 
     Fixed intensities are binned linearly (2 bins each), moving intensities with a cubic
     B-spline window (4 bins each), so the histogram is differentiable in the moving intensities
-    and costs 8 scatter-adds per sample whatever the number of bins. Values in ``[0, 1]`` map to
+    and costs 8 additions per sample whatever the number of bins. Values in ``[0, 1]`` map to
     bin coordinates ``[1, bins - 2]``, which keeps every window inside the histogram.
 
     Examples
@@ -144,8 +160,8 @@ def bspline_joint_histogram(fixed: torch.Tensor, moving: torch.Tensor, weight: t
     uf = 1.0 + fixed.detach().clamp(0, 1) * span
     f0 = uf.floor().clamp(0, bins - 2)
     ff = uf - f0
-    base = (torch.arange(b * c, device=fixed.device) * bins * bins).reshape(b, c, 1, 1)
-    rows = (f0.long()[..., None] + torch.arange(2, device=fixed.device)) * bins + base
+    base = (torch.arange(b * c, device=fixed.device) * bins * bins).reshape(b, c, 1)
+    rows = f0.long() * bins + base
     fixed_weights = torch.stack([1.0 - ff, ff], -1) * weight.detach()[:, None, :, None]
     um = 1.0 + moving.clamp(0, 1) * span
     return _SparseHistogram.apply(um, rows, fixed_weights.to(moving.dtype), (b, c, bins, bins))

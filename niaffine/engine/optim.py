@@ -22,6 +22,9 @@ from ..errors import RegistrationError
 
 LOGGER = logging.getLogger(__name__)
 
+#: A rejected trial step shrinks to at least this fraction of itself (and at most half).
+SHRINK_MIN = 0.25
+
 
 @dataclass
 class OptimisationReport:
@@ -158,8 +161,9 @@ class Optimiser:
         (one batched metric evaluation per trial step), but an item's path does not depend on
         the other items of the batch, so a subject registered in a batch gets the result it
         gets alone. Items that have converged stay where they are while the others go on.
-        The line search halves the step until the Armijo condition holds; an item whose step
-        has shrunk below ``tolerance_mm`` (the largest parameter change) has converged.
+        The line search shrinks the step (:func:`_backtrack`) until the Armijo condition holds;
+        an item whose step has shrunk below ``tolerance_mm`` (the largest parameter change) has
+        converged.
 
         Written here rather than through :class:`torch.optim.LBFGS`: the first construction of
         any ``torch.optim`` optimizer imports ``torch._dynamo`` (about a second), which would
@@ -208,7 +212,7 @@ class Optimiser:
                         trial_values[b], trial_grads[b] = value, new_grads[b]
                         pending.discard(b)
                     else:
-                        step[b] *= 0.5
+                        step[b] = _backtrack(step[b], value - values[b], slope[b])
                         # a step that would move nothing by tolerance_mm is not worth trying
                         if step[b] * reach[b] < self.tolerance_mm:
                             pending.discard(b)
@@ -280,6 +284,28 @@ class Optimiser:
             raise RegistrationError("the metric is NaN or infinite at the initial transform")
         self._restore(best)
         return OptimisationReport(iteration, counter[0], converged, best["loss"])
+
+
+def _backtrack(step, rise, slope) -> float:
+    """The next trial step after ``step`` failed the Armijo test.
+
+    The minimiser of the parabola through the start (value and ``slope``) and the rejected
+    trial (``rise`` above the start), kept within ``[SHRINK_MIN, 0.5] * step`` (safeguarded
+    backtracking, as in Nocedal & Wright). Far past the minimum, or where the metric is flat
+    and noisy near convergence, this shrinks the step fourfold where halving takes two
+    trials. A tenfold floor was tried: it gave up too early on a rough coarse level (a
+    half-brain moving mask ended 28 mm off).
+
+    >>> _backtrack(1.0, 0.0, -1.0)  # f(1) = f(0): the parabola's minimum is at 0.5
+    0.5
+    >>> _backtrack(1.0, 9.0, -1.0)  # far past it
+    0.25
+    """
+    curvature = float(rise) - float(slope) * float(step)
+    if not curvature > 0:
+        return 0.5 * float(step)
+    best = -float(slope) * float(step) ** 2 / (2.0 * curvature)
+    return min(max(best, SHRINK_MIN * float(step)), 0.5 * float(step))
 
 
 def _two_loop(grad: torch.Tensor, history) -> torch.Tensor:

@@ -182,3 +182,33 @@ def test_lncc_of_identical_smooth_images_is_minus_one():
     assert float(M.lncc(vol, vol, weight)) < -0.99
     assert np.isclose(float(M.lncc(0.1 * vol, 0.1 * vol, weight)), float(M.lncc(vol, vol, weight)),
                       atol=1e-3)
+
+
+def test_bspline_histogram_matches_its_definition_and_gradient():
+    """Every sample adds ``(1 - ff, ff)`` of its weight to the fixed rows and the cubic B-spline
+    weights of its moving coordinate to 4 columns (values at 0 and 1 included, several batch
+    items and channels); the gradient is the B-spline slopes'."""
+    from niaffine.engine.metrics import bspline_joint_histogram, cubic_bspline
+
+    bins, g = 12, torch.Generator().manual_seed(3)
+    fixed = torch.rand(2, 2, 300, generator=g, dtype=torch.float64)
+    moving = torch.rand(2, 2, 300, generator=g, dtype=torch.float64)
+    fixed[0, 0, :3] = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
+    moving[0, 0, :3] = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+    weight = torch.rand(2, 300, generator=g, dtype=torch.float64)
+    moving.requires_grad_()
+    found = bspline_joint_histogram(fixed, moving, weight, bins)
+
+    def expected(m):
+        uf = 1 + fixed * (bins - 3)
+        um = 1 + m * (bins - 3)
+        centres = torch.arange(bins, dtype=torch.float64)
+        fixed_w = (1 - (uf[..., None] - centres).abs()).clamp_min(0)       # linear: 2 bins
+        moving_w = cubic_bspline(um[..., None] - centres)                     # cubic: 4 bins
+        return torch.einsum("bcni,bcnj,bn->bcij", fixed_w, moving_w, weight)
+
+    torch.testing.assert_close(found, expected(moving))
+    probe = torch.rand(2, 2, bins, bins, generator=g, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((found * probe).sum(), moving)
+    (want,) = torch.autograd.grad((expected(moving) * probe).sum(), moving)
+    torch.testing.assert_close(grad, want)

@@ -100,9 +100,9 @@ def test_a_nan_in_one_item_leaves_the_others_alone():
 
 
 def test_line_search_gives_up_below_the_tolerance():
-    """At a kink (|x| just off its minimum) every trial step overshoots: an item stops halving
+    """At a kink (|x| just off its minimum) every trial step overshoots: an item stops shrinking
     its step once the step would move no parameter by ``tolerance_mm``, and has converged,
-    instead of spending all 20 halvings of the line search."""
+    instead of spending all 20 trials of the line search."""
 
     def run(tolerance_mm):
         param = torch.nn.Parameter(torch.full((2, 1), 1e-9, dtype=torch.float64))
@@ -112,7 +112,23 @@ def test_line_search_gives_up_below_the_tolerance():
 
     (stopped, at), (exhausted, _) = run(1e-3), run(1e-12)
     assert all(stopped.item_converged) and all(exhausted.item_converged)
-    # trial steps 1, 1/2, ... 1/512 mm fail; 1/1024 is below 1e-3 mm and is not tried
-    assert stopped.item_evaluations == [11, 11]
-    assert exhausted.item_evaluations == [21, 21]  # the first evaluation and 20 halvings
+    # past the kink the parabola through f(0), f'(0) and the trial puts every next step at a
+    # quarter of the last: trial steps 1, 1/4, ... 1/256 mm fail; 1/1024 is below 1e-3 mm and
+    # is not tried (halving would have tried 10)
+    assert stopped.item_evaluations == [6, 6]
+    # without the tolerance it goes on shrinking for all 20 trials of the first line search
+    # (and once a step is shorter than the 1e-9 to the kink, it is accepted and goes on)
+    assert min(exhausted.item_evaluations) >= 21
     torch.testing.assert_close(at, torch.full((2, 1), 1e-9, dtype=torch.float64))
+
+
+def test_backtracking_steps_to_the_parabola_minimum_within_safeguards():
+    """After a failed trial the next step is the minimum of the parabola through the start
+    (value and slope) and the trial, kept within [0.25, 0.5] of the failed step."""
+    from niaffine.engine.optim import _backtrack
+
+    # f(a) = (a - 0.3)**2 from a = 0: slope -0.6; the trial a = 1 rises 0.4 above f(0) = 0.09
+    assert _backtrack(1.0, 0.49 - 0.09, -0.6) == pytest.approx(0.3)
+    assert _backtrack(1.0, 100.0, -0.6) == pytest.approx(0.25)  # far past the minimum
+    assert _backtrack(1.0, -0.5, -1.0) == pytest.approx(0.5)    # no rise: halve
+    assert _backtrack(2.0, float("nan"), -1.0) == pytest.approx(1.0)

@@ -644,3 +644,25 @@ def test_rigid_first_can_be_turned_off(fixed, affine_case):
     assert any(b <= a for a, b in zip(staged, staged[1:]))  # two runs: the count restarts
     assert all(b > a for a, b in zip(single, single[1:]))
     assert C.error_mm(true, result.matrix) < AFFINE_MM
+
+
+def test_small_cpu_levels_run_on_one_thread_and_the_count_is_restored():
+    """Levels with few sample points run on one thread (waking passive threads costs more
+    than splitting small arrays saves); large levels and CUDA keep the thread count."""
+    from niaffine.engine.register import SERIAL_POINTS, _level_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with _level_threads(SERIAL_POINTS - 1, torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with _level_threads(SERIAL_POINTS, torch.device("cpu")):
+            assert torch.get_num_threads() == 2
+        with _level_threads(10, torch.device("cuda")):
+            assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), _level_threads(10, torch.device("cpu")):
+            raise RuntimeError("a failing level")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
