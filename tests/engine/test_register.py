@@ -666,3 +666,28 @@ def test_small_cpu_levels_run_on_one_thread_and_the_count_is_restored():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_registration_optimises_small_levels_on_one_thread(fixed):
+    """``register`` runs the rule: each iteration of a level below ``SERIAL_POINTS`` sees one
+    thread, one at or above it sees the caller's count, which is the caller's again after."""
+    from niaffine.engine.register import SERIAL_POINTS
+
+    true = C.true_affine(6, 6)
+    seen: dict = {}
+
+    def record(level, spacing, iteration, loss):
+        seen.setdefault(level, set()).add(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = register(fixed[0], C.moving_image(true), dof=6, levels_mm=(6.0, 3.0),
+                          max_samples=SERIAL_POINTS, coarse_samples=SERIAL_POINTS // 4,
+                          callback=record)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    samples = [level.samples for level in result.levels]
+    assert samples[0] < SERIAL_POINTS <= samples[1]
+    assert seen == {0: {1}, 1: {2}}
