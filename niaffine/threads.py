@@ -20,6 +20,7 @@ given ``--threads`` / ``--omp-nthreads`` explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -167,3 +168,24 @@ def thread_map(function, items, workers: int | None = None) -> list:
 
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(function, items))
+
+
+@contextlib.contextmanager
+def one_thread(device=None):
+    """Run the block's torch CPU operations on one intra-op thread; the count comes back after.
+
+    For work that torch would split across its threads although waking the passive ones
+    costs more than the split saves (small arrays, memory-bound scatters and gathers).
+    Nothing changes on another ``device`` (CUDA) or when torch already uses one thread.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if (device is not None and torch.device(device).type != "cpu") or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

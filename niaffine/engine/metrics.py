@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import choices
+from ..threads import one_thread
 
 EPS = 1e-8
 
@@ -77,16 +78,24 @@ def cubic_bspline(t: torch.Tensor) -> torch.Tensor:
     return torch.where(a < 1, inner, outer)
 
 
-def _cubic_bspline_weights(t: torch.Tensor) -> torch.Tensor:
-    """Weights ``(..., 4)`` of the bins ``m0 - 1 ... m0 + 2`` at the fraction ``t = u - m0``."""
-    t2, t3 = t * t, t * t * t
-    return torch.stack([(1 - t) ** 3, 3 * t3 - 6 * t2 + 4, -3 * t3 + 3 * t2 + 3 * t + 1, t3], -1) / 6
+def _cubic_bspline_weights(t: torch.Tensor) -> tuple:
+    """Weights of the bins ``m0 - 1 ... m0 + 2`` at the fraction ``t = u - m0`` (4 tensors).
+
+    >>> [round(float(w), 4) for w in _cubic_bspline_weights(torch.tensor(0.0))]
+    [0.1667, 0.6667, 0.1667, 0.0]
+    """
+    t2, s = t * t, 1.0 - t
+    first, last = s * s * s / 6.0, t2 * t / 6.0
+    second = 3.0 * last - t2 + 2.0 / 3.0
+    return first, second, 1.0 - first - second - last, last  # they sum to one
 
 
-def _cubic_bspline_slopes(t: torch.Tensor) -> torch.Tensor:
-    """Derivatives ``d/dt`` of :func:`_cubic_bspline_weights`."""
-    t2 = t * t
-    return torch.stack([-3 * (1 - t) ** 2, 9 * t2 - 12 * t, -9 * t2 + 6 * t + 3, 3 * t2], -1) / 6
+def _cubic_bspline_slopes(t: torch.Tensor) -> tuple:
+    """Derivatives ``d/dt`` of :func:`_cubic_bspline_weights` (4 tensors)."""
+    t2, s = t * t, 1.0 - t
+    first, last = -0.5 * s * s, 0.5 * t2
+    second = 1.5 * t2 - 2.0 * t
+    return first, second, -(first + second + last), last  # they sum to zero
 
 
 def _window_offsets(bins: int) -> list[int]:
@@ -97,42 +106,55 @@ def _window_offsets(bins: int) -> list[int]:
 class _SparseHistogram(torch.autograd.Function):
     """Joint histogram from fixed bin rows and moving bin coordinates, with a lean backward.
 
-    A sample's 8 bins lie at fixed offsets from its first bin (2 rows of 4 columns), so each
-    sample adds one row of 8 values at one index into a ``(bins**2, 8)`` table, and the table's
-    columns, shifted by their offsets, add up to the histogram. That is one index per sample
-    where a flat scatter needs eight. The backward gathers the histogram gradient the same way
-    (one row of the 8 shifted gradients per sample) and weights it by the B-spline slopes: the
-    histogram is linear in the window weights, and only the moving windows depend on the
-    parameters.
+    A sample's 8 bins lie at fixed offsets from its first bin (2 fixed rows of 4 moving
+    columns). Each of the 8 window products (one fixed weight times one moving weight, a
+    contiguous array over the samples) is added at the samples' first bins into its own row
+    of an ``(8, bins**2)`` table; the table's rows, shifted by their offsets, add up to the
+    histogram. The backward gathers the histogram gradient the same way (8 shifted views,
+    one index per sample) and weights it by the B-spline slopes: the histogram is linear in
+    the window weights, and only the moving windows depend on the parameters. Every array is
+    contiguous over the samples: products over ``(N, 2, 4)`` layouts, whose innermost axes
+    are 2 and 4 long, cost twice as much.
+
+    Both passes run on one CPU thread: these memory-bound scatters, gathers and products ran
+    slower split across two passive OpenMP threads (:mod:`niaffine.threads`) than on one,
+    forward and backward: 1.34 against 0.99 ms for 14 000 samples, 11.4 against 4.7 ms for
+    100 000, 20.7 against 18.9 ms for 30 x 10 000.
     """
 
     @staticmethod
-    def forward(ctx, um, rows, fixed_weights, size):
+    def forward(ctx, um, rows, fixed_low, fixed_high, size):
         bins, cells = size[-1], math.prod(size)
-        # the first of the 4 moving bins; um = bins - 2 (t = 0 at the last bin) is the same
-        # window as t = 1 one bin lower, which keeps all 4 bins inside the row
-        m0 = um.detach().floor().clamp_(max=bins - 3)
-        t = um - m0
-        index = (rows + m0.long() - 1).reshape(-1)
-        values = fixed_weights[..., :, None] * _cubic_bspline_weights(t)[..., None, :]
-        table = torch.zeros(cells, 8, dtype=um.dtype, device=um.device)
-        table.index_add_(0, index, values.reshape(-1, 8))
-        flat = torch.zeros(cells + bins + 3, dtype=um.dtype, device=um.device)
-        for j, offset in enumerate(_window_offsets(bins)):
-            flat[offset:offset + cells] += table[:, j]
-        ctx.save_for_backward(t, index, fixed_weights)
+        with one_thread(um.device):
+            # the first of the 4 moving bins; um = bins - 2 (t = 0 at the last bin) is the
+            # same window as t = 1 one bin lower, which keeps all 4 bins inside the row
+            m0 = um.detach().floor().clamp_(max=bins - 3)
+            t = um - m0
+            index = rows + m0.long() - 1
+            weights = _cubic_bspline_weights(t)
+            table = torch.zeros(8, cells, dtype=um.dtype, device=um.device)
+            for j, (fixed_w, moving_w) in enumerate(
+                    (f, m) for f in (fixed_low, fixed_high) for m in weights):
+                table[j].index_add_(0, index, fixed_w * moving_w)
+            flat = torch.zeros(cells + bins + 3, dtype=um.dtype, device=um.device)
+            for j, offset in enumerate(_window_offsets(bins)):
+                flat[offset:offset + cells] += table[j]
+        ctx.save_for_backward(t, index, fixed_low, fixed_high)
         return flat[:cells].reshape(size)
 
     @staticmethod
     def backward(ctx, grad):
-        t, index, fixed_weights = ctx.saved_tensors
-        bins = grad.shape[-1]
-        cells = grad.numel()
-        padded = torch.cat([grad.reshape(-1), grad.new_zeros(bins + 3)])
-        table = torch.stack([padded[o:o + cells] for o in _window_offsets(bins)], 1)
-        g = table.index_select(0, index).reshape(*t.shape, 2, 4)
-        per_moving_bin = (g * fixed_weights[..., :, None]).sum(-2)
-        return (per_moving_bin * _cubic_bspline_slopes(t)).sum(-1), None, None, None
+        t, index, fixed_low, fixed_high = ctx.saved_tensors
+        bins, cells = grad.shape[-1], grad.numel()
+        with one_thread(t.device):
+            padded = torch.cat([grad.reshape(-1), grad.new_zeros(bins + 3)])
+            gathered = [padded[o:o + cells].index_select(0, index)
+                        for o in _window_offsets(bins)]
+            out = None
+            for col, slope in enumerate(_cubic_bspline_slopes(t)):
+                per_bin = (gathered[col] * fixed_low).addcmul_(gathered[4 + col], fixed_high)
+                out = per_bin.mul_(slope) if out is None else out.addcmul_(per_bin, slope)
+        return out, None, None, None, None
 
 
 def bspline_joint_histogram(fixed: torch.Tensor, moving: torch.Tensor, weight: torch.Tensor,
@@ -161,10 +183,12 @@ def bspline_joint_histogram(fixed: torch.Tensor, moving: torch.Tensor, weight: t
     f0 = uf.floor().clamp(0, bins - 2)
     ff = uf - f0
     base = (torch.arange(b * c, device=fixed.device) * bins * bins).reshape(b, c, 1)
-    rows = f0.long() * bins + base
-    fixed_weights = torch.stack([1.0 - ff, ff], -1) * weight.detach()[:, None, :, None]
+    rows = (f0.long() * bins + base).reshape(-1)
+    w = weight.detach()[:, None, :]
+    low = ((1.0 - ff) * w).reshape(-1).to(moving.dtype)
+    high = (ff * w).reshape(-1).to(moving.dtype)
     um = 1.0 + moving.clamp(0, 1) * span
-    return _SparseHistogram.apply(um, rows, fixed_weights.to(moving.dtype), (b, c, bins, bins))
+    return _SparseHistogram.apply(um.reshape(-1), rows, low, high, (b, c, bins, bins))
 
 
 def gaussian_joint_histogram(fixed: torch.Tensor, moving: torch.Tensor, weight: torch.Tensor,

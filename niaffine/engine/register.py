@@ -21,6 +21,7 @@ from .. import choices
 from ..devices import resolve_device  # the one resolver, re-exported: engine.resolve_device
 from ..errors import DeviceMemoryError, InputError
 from ..presets import preset_options
+from ..threads import one_thread
 from . import metrics as M
 from .frames import voxel_centres
 from .initialise import INITS, centre_of_mass, geometric_centre, rotation_candidates
@@ -411,7 +412,6 @@ def _register_batch(
     ]
 
 
-@contextlib.contextmanager
 def _level_threads(points: int, device: torch.device):
     """Run a CPU level with fewer than :data:`SERIAL_POINTS` sample points on one thread.
 
@@ -420,15 +420,7 @@ def _level_threads(points: int, device: torch.device):
     threads (:mod:`niaffine.threads`) costs more than the split saves: the 8 mm level of a
     1.5 mm head (14 000 points, 54 evaluations) took 0.37 s on 2 threads, 0.29 s on one.
     """
-    before = torch.get_num_threads()
-    if device.type != "cpu" or points >= SERIAL_POINTS or before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return one_thread(device) if points < SERIAL_POINTS else contextlib.nullcontext()
 
 
 def _resolve_metric(metric, bins):

@@ -212,3 +212,27 @@ def test_bspline_histogram_matches_its_definition_and_gradient():
     (grad,) = torch.autograd.grad((found * probe).sum(), moving)
     (want,) = torch.autograd.grad((expected(moving) * probe).sum(), moving)
     torch.testing.assert_close(grad, want)
+
+
+def test_histogram_runs_on_one_thread_and_restores_the_count():
+    """The scatter and gather of the joint histogram run on one CPU thread (faster than two
+    passive OpenMP threads at every size measured); the caller's count comes back, also
+    when the block fails."""
+    from niaffine.engine.metrics import bspline_joint_histogram
+    from niaffine.threads import one_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        with one_thread(torch.device("cpu")):
+            seen.append(torch.get_num_threads())
+        assert seen == [1] and torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), one_thread(torch.device("cpu")):
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+        moving = torch.rand(1, 1, 1000, requires_grad=True)
+        bspline_joint_histogram(torch.rand(1, 1, 1000), moving, torch.ones(1, 1000), 16).sum().backward()
+        assert torch.get_num_threads() == 2 and moving.grad is not None
+    finally:
+        torch.set_num_threads(before)
