@@ -10,6 +10,7 @@ every voxel of the level grid instead.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -215,8 +216,7 @@ def sample_points(
             continue
         idx = torch.nonzero(flat_region[item], as_tuple=False)[:, 0]
         if max_samples is not None and idx.numel() > max_samples:
-            pick = torch.randperm(idx.numel(), generator=generators[item])[:max_samples]
-            idx = idx[pick].sort().values
+            idx = idx[random_subset(idx.numel(), max_samples, generators[item])]
         chosen.append(idx)
     n = max(int(idx.numel()) for idx in chosen)
     points = torch.zeros(b, n, len(shape), dtype=torch.float64)
@@ -235,6 +235,34 @@ def sample_points(
         points[item, :k] = voxels @ aff[:-1, :-1].T + aff[:-1, -1]
         weights[item, :k] = 1.0
     return points, values, weights
+
+
+def random_subset(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """``k`` distinct indices drawn uniformly from ``range(n)``, in increasing order.
+
+    A permutation of all ``n`` indices costs ``O(n)`` (75 ms for the 8.7 million voxels of a
+    1 mm template grid, of which 100 000 are kept). For ``k`` up to an eighth of ``n``,
+    indices are drawn with replacement instead (a few percent more than ``k``), the distinct
+    ones kept and ``k`` of those chosen at random: the distinct values of independent uniform
+    draws are a uniformly random subset of their size, so the result is one of ``k``.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> pick = random_subset(1000, 50, g)
+    >>> len(pick), len(set(pick.tolist())), bool((pick[1:] > pick[:-1]).all())
+    (50, 50, True)
+    """
+    if k >= n:
+        return torch.arange(n)
+    if n <= 8 * k:  # a permutation is as cheap
+        return torch.randperm(n, generator=generator)[:k].sort().values
+    # expected distinct values of m draws: n (1 - exp(-m / n)); ask for 2 % more than k
+    draws = int(math.ceil(-n * math.log1p(-1.02 * k / n))) + 32
+    distinct = torch.unique(torch.randint(n, (draws,), generator=generator))
+    while distinct.numel() < k:  # rare: another round of draws
+        more = torch.randint(n, (k - distinct.numel() + 32,), generator=generator)
+        distinct = torch.unique(torch.cat([distinct, more]))
+    keep = torch.randperm(distinct.numel(), generator=generator)[:k]
+    return distinct[keep].sort().values
 
 
 def voxel_indices(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
