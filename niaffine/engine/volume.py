@@ -127,19 +127,24 @@ def robust_range(values: torch.Tensor, *, lower: float = 0.5,
                  upper: float = 99.5) -> tuple[float, float]:
     """The ``lower`` and ``upper`` percentiles of the non-zero values (all values if none).
 
-    Beyond two million values, every ``n // 1e6``-th one is used. The range is never empty:
-    constant data gives its minimum and maximum, and ``hi - lo`` is then replaced by one where
-    it is zero (see :func:`robust_normalise`).
+    Beyond 500 000 values, a regular sub-grid of a few hundred thousand is used (every
+    ``k``-th voxel along every axis, a view whatever the memory layout): the percentiles of
+    that many voxels are those of the image to a fraction of a percent, where flattening
+    (a copy for a NIfTI's Fortran-ordered array), masking and partitioning a whole 1 mm
+    volume took 20-40 ms per image. The range is never empty: constant data gives its
+    minimum and maximum, and ``hi - lo`` is then replaced by one where it is zero (see
+    :func:`robust_normalise`).
 
     >>> robust_range(torch.arange(1001.0))
     (5.995, 995.005)
     """
+    if values.numel() > 500_000 and values.ndim > 0:
+        step = max(1, round((values.numel() / 300_000) ** (1.0 / values.ndim)))
+        values = values[(slice(None, None, step),) * values.ndim]
     flat = values.reshape(-1)
     nonzero = flat[flat != 0]
     if nonzero.numel() == 0:
         nonzero = flat
-    if nonzero.numel() > 2_000_000:
-        nonzero = nonzero[::nonzero.numel() // 1_000_000]
     lo, hi = np.percentile(nonzero.cpu().numpy(), [lower, upper])
     if not hi > lo:
         lo, hi = float(nonzero.min()), float(nonzero.max())
