@@ -137,6 +137,29 @@ def test_a_failing_volume_is_isolated(bold, monkeypatch):
     assert np.delete(mean, 2).mean() < 0.08
 
 
+def test_the_first_of_two_passes_samples_half_as_many_points(bold, monkeypatch):
+    """Pass 1 only seeds the robust reference: half the sample points; pass 2 and a one-pass
+    run (a given reference) use them all."""
+    from niaffine.engine import series_passes as series_module
+
+    real, asked = series_module.register_batch, []
+
+    def recording(fixed, moving, **options):
+        asked.append(options["max_samples"])
+        return real(fixed, moving, **options)
+
+    monkeypatch.setattr(series_module, "register_batch", recording)
+    calls = {}  # engine calls made by the end of each pass (one chunk per pass here)
+    options = {**SC.QUICK, "max_samples": 800}
+    register_series(bold.series, callback=lambda stage, *_: calls.setdefault(stage, len(asked)),
+                    **options)
+    assert set(asked[:calls["pass 1"]]) == {400}
+    assert set(asked[calls["pass 1"]:]) == {800} and calls["pass 2"] > calls["pass 1"]
+    asked.clear()
+    register_series(bold.series, reference=0, **options)
+    assert set(asked) == {800}
+
+
 def test_callback_reports_every_pass(bold):
     seen = []
     register_series(bold.series, volumes_per_call=3, callback=lambda *a: seen.append(a),
