@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Similarity metrics: minimal at alignment, monotone in the shift, finite gradients."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -214,11 +216,11 @@ def test_bspline_histogram_matches_its_definition_and_gradient():
     torch.testing.assert_close(grad, want)
 
 
-def test_histogram_runs_on_one_thread_and_restores_the_count():
-    """The scatter and gather of the joint histogram run on one CPU thread (faster than two
-    passive OpenMP threads at every size measured); the caller's count comes back, also
-    when the block fails."""
-    from niaffine.engine.metrics import bspline_joint_histogram
+def test_histogram_runs_on_one_thread_and_restores_the_count(monkeypatch):
+    """The scatter and gather of the joint histogram (forward and backward) run inside
+    ``one_thread`` (faster than two passive OpenMP threads at every size measured), which
+    gives them one CPU thread; the caller's count comes back, also when the block fails."""
+    from niaffine.engine import metrics as metrics_module
     from niaffine.threads import one_thread
 
     before = torch.get_num_threads()
@@ -231,8 +233,20 @@ def test_histogram_runs_on_one_thread_and_restores_the_count():
         with pytest.raises(RuntimeError), one_thread(torch.device("cpu")):
             raise RuntimeError("boom")
         assert torch.get_num_threads() == 2
+
+        inside = []
+
+        @contextlib.contextmanager
+        def recording(device):
+            with one_thread(device):
+                inside.append(torch.get_num_threads())
+                yield
+
+        monkeypatch.setattr(metrics_module, "one_thread", recording)
         moving = torch.rand(1, 1, 1000, requires_grad=True)
-        bspline_joint_histogram(torch.rand(1, 1, 1000), moving, torch.ones(1, 1000), 16).sum().backward()
+        metrics_module.bspline_joint_histogram(torch.rand(1, 1, 1000), moving,
+                                               torch.ones(1, 1000), 16).sum().backward()
+        assert inside == [1, 1]  # the forward, then the backward
         assert torch.get_num_threads() == 2 and moving.grad is not None
     finally:
         torch.set_num_threads(before)
