@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rotation-search", nargs="?", const="always", default="auto",
                         choices=tuple(SEARCH_MODES),
                         help="search rotations at the coarsest level: auto (only when a turn "
-                             "of 45/90 degrees beats the coarse answer, i.e. for badly "
+                             "of 30/60/90 degrees beats the coarse answer, i.e. for badly "
                              "misaligned images), always (the bare flag), never [default: auto]")
     parser.add_argument("--freeze", nargs="+", default=(), metavar="GROUP",
                         choices=choices.PARAMETER_GROUPS,

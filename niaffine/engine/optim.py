@@ -22,6 +22,8 @@ from ..errors import RegistrationError
 
 LOGGER = logging.getLogger(__name__)
 
+#: Steepest-descent steps in a row (no L-BFGS history) that the convergence tests skip.
+BLIND_STEPS = 3
 #: A rejected trial step shrinks to at least this fraction of itself (and at most half).
 SHRINK_MIN = 0.25
 
@@ -163,7 +165,8 @@ class Optimiser:
         gets alone. Items that have converged stay where they are while the others go on.
         The line search shrinks the step (:func:`_backtrack`) until the Armijo condition holds;
         an item whose step has shrunk below ``tolerance_mm`` (the largest parameter change) has
-        converged.
+        converged. The step and metric-change tests apply to steps taken along an L-BFGS
+        direction, not to the scaled steepest-descent step that starts a run or a restart.
 
         Written here rather than through :class:`torch.optim.LBFGS`: the first construction of
         any ``torch.optim`` optimizer imports ``torch._dynamo`` (about a second), which would
@@ -188,8 +191,17 @@ class Optimiser:
             direction = torch.zeros_like(x)
             step = torch.zeros(batch, dtype=x.dtype)
             slope = torch.zeros(batch, dtype=x.dtype)
+            # The convergence tests judge steps that the L-BFGS history shaped: the first step
+            # of a run (or of a restart) is a steepest-descent step scaled by the gradient's
+            # size, often a few hundredths of a millimetre, whose small move and small gain
+            # say nothing about how far the optimum is; nor do the next few while the steps
+            # are too small for their curvature to enter the history. After BLIND_STEPS such
+            # steps in a row the tests apply again (no curvature is learnt at an exact optimum).
+            judged = {}
             for b in active:
                 direction[b], slope[b], step[b] = self._direction(grads[b], state[b].history)
+                state[b].blind = 0 if state[b].history else state[b].blind + 1
+                judged[b] = not 0 < state[b].blind <= BLIND_STEPS
             pending, stalled = set(active), set()
             reach = {b: float(direction[b].abs().max()) for b in active}
             trial_values, trial_grads = values.clone(), grads.clone()
@@ -233,7 +245,8 @@ class Optimiser:
                     state[b].history.append((s_k, y_k, 1.0 / curvature))
                     del state[b].history[:-10]
                 change = abs(float(values[b]) - float(trial_values[b]))
-                if (float(s_k.abs().max()) < self.tolerance_mm
+                if judged[b] and (
+                        float(s_k.abs().max()) < self.tolerance_mm
                         or change < self.tolerance * max(abs(float(trial_values[b])), 1.0)):
                     state[b].done = state[b].converged = True
             values, grads = trial_values, trial_grads
@@ -334,6 +347,7 @@ class _ItemState:
     evaluations: int = 0
     converged: bool = False
     done: bool = False
+    blind: int = 0  # consecutive steps taken without L-BFGS history
 
 
 class _ItemEvaluator:

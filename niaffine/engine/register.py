@@ -52,6 +52,9 @@ HEAD_BORDER_MM2 = 1000.0
 EDGE_MM = 3.0
 #: Loss added per unit of overlap lost beyond half of a level's starting overlap.
 OVERLAP_PENALTY = 4.0
+#: A level coarser than the finest ends when an iteration moves no parameter by more than
+#: this fraction of its spacing (0.016 mm at 8 mm; see ``coarse_tolerance``).
+COARSE_STEP_FRACTION = 0.002
 #: CPU levels with fewer sample points than this (batch items together) run on one thread.
 SERIAL_POINTS = 50_000
 #: Values of ``sampling``: where the metric samples the fixed image without a fixed mask.
@@ -112,8 +115,8 @@ def register_batch(fixed: Sequence, moving: Sequence, *, preset: str | None = No
     rotation_search : bool or "auto"
         Search rotations on a grid of Euler angles (within ``search_max_deg``, every
         ``search_step_deg``) at the coarsest level. The coarsest level is optimised rigidly
-        first, then with every degree of freedom. ``"auto"`` (default) probes rotations of 45
-        and 90 degrees about each axis from the rigid answer (a dozen metric evaluations):
+        first, then with every degree of freedom. ``"auto"`` (default) probes rotations of 30,
+        60 and 90 degrees about each axis from the rigid answer (18 metric evaluations):
         only if a probe beats the answer, which happens when the inputs were badly
         misaligned, is the search run and the level optimised again from its best candidate.
         ``True`` always searches first.
@@ -160,6 +163,16 @@ def register_batch(fixed: Sequence, moving: Sequence, *, preset: str | None = No
         A level converges when the metric changes by less than this (relative) in an iteration.
     tolerance_mm : float
         ... or when an iteration moves no parameter by more than this (mm).
+    coarse_tolerance : float
+        The relative metric change that ends a level coarser than the finest (at least
+        ``tolerance``); such a level also ends when an iteration moves no parameter by more
+        than :data:`COARSE_STEP_FRACTION` of its spacing (at least ``tolerance_mm``). The
+        coarser levels only bring the answer into the finest level's basin, and their last
+        iterations polished it by millionths of the metric: over seeds 0-3 of the synthetic
+        T1 and T2-like cases and the three real heads, 1e-4 (against ``tolerance``'s 1e-6)
+        took 15-50 % fewer evaluations at 8 mm and 40-50 % fewer at 4 and 2 mm, 16-32 % less
+        time, and left the median errors within 0.0006 mm (brain-mask Dice of the three
+        subjects to MNI, seeds 0-2, within 0.0004).
     frozen : sequence of str
         Parameter groups to hold at their initial value (``translation``, ``rotation``,
         ``zoom``, ``shear``).
@@ -223,6 +236,7 @@ def _register_batch(
     max_iterations: int | Sequence[int] = 100,
     tolerance: float = 1e-6,
     tolerance_mm: float = 1e-3,
+    coarse_tolerance: float = 1e-4,
     frozen: Sequence[str] = (),
     optimizer="lbfgs",
     optimizer_kwargs: dict | None = None,
@@ -362,12 +376,17 @@ def _register_batch(
 
         level_points = problem.samples * len(fix)
 
+        finest = li == len(levels) - 1
+        level_tolerance = tolerance if finest else max(tolerance, coarse_tolerance)
+        level_tolerance_mm = (tolerance_mm if finest
+                              else max(tolerance_mm, COARSE_STEP_FRACTION * spacing))
+
         def optimise(groups=None, cap=iters[li], li=li, spacing=spacing, objective=objective,
-                     points=level_points):
+                     points=level_points, tol=level_tolerance, tol_mm=level_tolerance_mm):
             run = Optimiser(
                 params.optimised() if groups is None else groups, optimizer=optimizer,
                 optimizer_kwargs=optimizer_kwargs,
-                max_iterations=cap, tolerance_mm=tolerance_mm, tolerance=tolerance,
+                max_iterations=cap, tolerance_mm=tol_mm, tolerance=tol,
                 max_step_mm=max(2.0, float(spacing)), partial=True,
                 callback=None if callback is None else (
                     lambda it, loss, li=li, sp=spacing: callback(li, sp, it, loss)),
@@ -647,11 +666,14 @@ def _rotation_search(params: AffineParameters, objective, max_deg, step_deg, tol
 
 
 def _probe_beats(params: AffineParameters, objective, loss: torch.Tensor,
-                 angles_deg=(45.0, 90.0)) -> bool:
-    """Whether rotating any item's answer by 45/90 degrees about an axis lowers its loss.
+                 angles_deg=(30.0, 60.0, 90.0)) -> bool:
+    """Whether rotating any item's answer by 30/60/90 degrees about an axis lowers its loss.
 
     A coarse answer in the right basin is not beaten by such large turns; one stuck in a wrong
-    basin (the inputs were rotated far from each other) usually is.
+    basin (the inputs were rotated far from each other) usually is. 45 and 90 degrees missed
+    a wrong basin 62 degrees (about one axis) and 10 mm from the answer of a 66 degree case
+    that the 30 degree turn beats; no probe beat the answer of any benchmark case that
+    needs no search (18 evaluations without gradients at the coarsest level).
     """
     if "rotation" not in params.active:
         return False

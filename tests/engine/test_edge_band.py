@@ -90,7 +90,12 @@ def test_batch_items_get_their_own_band(brain, head):
     batch = register_batch([brain[0], head], [moving, moving], **QUICK)
     for fixed, result in zip((brain[0], head), batch):
         alone = register(fixed, moving, **QUICK).matrix
-        assert np.allclose(result.matrix, alone, atol=1e-5)
+        # A batch samples through batched grid_sample calls, a single item through pieces
+        # of one call: float32 sums in another order, which a few L-BFGS steps carry to
+        # ~5e-4 in the translation (mm). A band of another width moves it by far more.
+        assert np.allclose(result.matrix, alone, atol=2e-3, rtol=0)
+        assert not np.allclose(alone, register(fixed, moving, **{**QUICK, "edge_mm": 3.0 - (
+            3.0 if fixed is brain[0] else -3.0)}).matrix, atol=2e-3, rtol=0)
 
 
 @pytest.mark.parametrize("name", real.SUBJECTS)

@@ -132,3 +132,33 @@ def test_backtracking_steps_to_the_parabola_minimum_within_safeguards():
     assert _backtrack(1.0, 100.0, -0.6) == pytest.approx(0.25)  # far past the minimum
     assert _backtrack(1.0, -0.5, -1.0) == pytest.approx(0.5)    # no rise: halve
     assert _backtrack(2.0, float("nan"), -1.0) == pytest.approx(1.0)
+
+
+def test_a_small_first_step_does_not_end_the_run():
+    """A shallow metric (gradients of hundredths per mm, as mutual information has) makes the
+    first steepest-descent step move a few hundredths of a millimetre. The tolerances judge
+    L-BFGS steps: the run goes on to the minimum 10 mm away, where ending at the first step
+    would stay at the start."""
+    param = torch.nn.Parameter(torch.zeros(1, 3, dtype=torch.float64))
+    target = torch.tensor([[10.0, -4.0, 2.0]], dtype=torch.float64)
+
+    def loss(subset=None):
+        return 1e-3 * ((param - target) ** 2).sum(-1)
+
+    report = Optimiser([param], tolerance_mm=0.05, tolerance=1e-4).run(loss)
+    torch.testing.assert_close(param.detach(), target, rtol=0, atol=0.05)
+    assert report.converged
+
+
+def test_steps_without_history_are_judged_after_a_few():
+    """At an exact optimum no curvature is learnt: the run stops after BLIND_STEPS + 1
+    iterations instead of running to the cap."""
+    from niaffine.engine.optim import BLIND_STEPS
+
+    param = torch.nn.Parameter(torch.ones(1, 2, dtype=torch.float64))
+
+    def loss(subset=None):
+        return ((param - 1.0) ** 2).sum(-1)
+
+    report = Optimiser([param], max_iterations=50).run(loss)
+    assert report.converged and report.iterations == BLIND_STEPS + 1

@@ -691,3 +691,24 @@ def test_registration_optimises_small_levels_on_one_thread(fixed):
     samples = [level.samples for level in result.levels]
     assert samples[0] < SERIAL_POINTS <= samples[1]
     assert seen == {0: {1}, 1: {2}}
+
+
+def test_coarse_levels_stop_at_the_coarse_tolerance(fixed, monkeypatch):
+    """Levels coarser than the finest use ``coarse_tolerance`` and a step tolerance of
+    COARSE_STEP_FRACTION of their spacing; the finest keeps ``tolerance``/``tolerance_mm``."""
+    import importlib
+
+    R = importlib.import_module("niaffine.engine.register")
+
+    seen = []
+
+    class Recording(R.Optimiser):
+        def __init__(self, params, **kw):
+            seen.append((kw["tolerance"], kw["tolerance_mm"]))
+            super().__init__(params, **kw)
+
+    monkeypatch.setattr(R, "Optimiser", Recording)
+    moving = C.moving_image(C.true_affine(3, 6))
+    register(fixed[0], moving, dof=6, levels_mm=(8.0, 4.0), max_samples=5_000,
+             rotation_search=False, coarse_tolerance=1e-4, tolerance=1e-6, tolerance_mm=1e-3)
+    assert seen == [(1e-4, 8.0 * R.COARSE_STEP_FRACTION), (1e-6, 1e-3)]
