@@ -79,6 +79,16 @@ def test_register_cli_sets_policy_and_threads(tmp_path):
     assert _python(code) == {"policy": "PASSIVE", "omp": "1", "torch": 1}
 
 
+def test_realign_cli_sets_policy_and_threads(tmp_path):
+    """``niaffine-realign --threads 1``: the same policy, set before torch loads (the series
+    is read in a thread while torch is imported; a missing one is still exit code 65)."""
+    code = ("import sys; from niaffine.realign import main\n"
+            f"code = main([{str(tmp_path / 'no.nii.gz')!r}, '-o', {str(tmp_path / 'x.txt')!r}, "
+            "'--threads', '1'])\n"
+            "assert code == 65, code\n" + REPORT)
+    assert _python(code) == {"policy": "PASSIVE", "omp": "1", "torch": 1}
+
+
 def test_bids_app_sets_policy_before_torch_and_its_workers_inherit_it():
     """``niaffine ...``: the policy is in the environment before anything loads torch, so the
     processes MultiProc starts for the nodes inherit it."""

@@ -21,8 +21,8 @@ How (all through :func:`~niaffine.engine.register_batch`, many volumes per call)
   (4, 2, 1 by default, finer than the voxels collapses onto them) and every level is smoothed
   by a Gaussian as wide as its spacing. Without that smoothing, linear interpolation between
   two images on the same grid has a cusp at every whole-voxel shift (zero motion included),
-  which stalls the optimiser and biases the estimates towards those shifts. Every voxel inside
-  the mask is sampled (they are few).
+  which stalls the optimiser and biases the estimates towards those shifts. Levels coarser than
+  the finest stop early, as a registration's coarse levels do (``coarse_tolerance``).
 - Chunking: the volumes registered per engine call follow from a memory budget (CPU cost
   grows with the sample points, so chunks cost no speed there; on CUDA as few calls as fit).
 - Failures stay local: a chunk that fails is split until the failing volume is alone; that
@@ -105,6 +105,7 @@ def register_series(
     max_iterations: int = 100,
     tolerance: float = 1e-9,
     tolerance_mm: float = 5e-3,
+    coarse_tolerance: float = 1e-4,
     volumes_per_call: int | None = None,
     memory_mb: float | None = None,
     device: str | torch.device = "auto",
@@ -173,7 +174,11 @@ def register_series(
         A level stops when the metric changes by less than ``tolerance`` (relative) or no
         parameter moves by more than ``tolerance_mm`` in an iteration. Smoothed levels
         change the metric little per millimetre, hence a tighter relative tolerance than
-        :func:`~niaffine.engine.register_batch`'s.
+        :func:`~niaffine.engine.register_batch`'s. These apply at the finest level.
+    coarse_tolerance : float
+        Relative tolerance of the coarser levels, which also stop when no parameter moves by
+        more than 1/500 of their spacing (as :func:`~niaffine.engine.register_batch`'s coarse
+        levels do): they only hand the next level a start.
     volumes_per_call : int, optional
         Volumes per engine call; by default as many as ``memory_mb`` holds.
     memory_mb : float, optional
@@ -224,7 +229,8 @@ def register_series(
     settings = Settings(levels=tuple(float(v) for v in levels), smoothing=float(smoothing),
                          max_samples=max_samples, max_iterations=int(max_iterations),
                          tolerance=float(tolerance), tolerance_mm=float(tolerance_mm),
-                         device=dev, seed=int(seed), callback=callback)
+                         coarse_tolerance=float(coarse_tolerance), device=dev, seed=int(seed),
+                         callback=callback)
 
     robust = reference is None
     if robust:

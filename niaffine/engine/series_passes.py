@@ -17,7 +17,7 @@ import torch
 
 from ..errors import DeviceMemoryError, InputError, RegistrationError
 from . import metrics as M
-from .register import register_batch
+from .register import COARSE_STEP_FRACTION, register_batch
 from .series_levels import SeriesLevels, level_spacing, reference_level
 
 LOGGER = logging.getLogger("niaffine.engine.series")
@@ -42,6 +42,7 @@ class Settings:
     max_iterations: int
     tolerance: float
     tolerance_mm: float
+    coarse_tolerance: float
     device: torch.device
     seed: int
     callback: Callable | None
@@ -139,6 +140,8 @@ def _register_chunk(items, matrices, vols: SeriesLevels, target: Target, dof, me
     """``{volume: (matrix, final loss, iterations) or Exception}``; a failing chunk is split.
 
     ``levels`` (default: every level of ``settings``) are multiples of the reference's voxel.
+    Levels coarser than the finest of ``settings`` stop early as a registration's coarse levels
+    do (see :func:`level_tolerances`).
     """
     current = {t: matrices[t] for t in items}
     iterations = dict.fromkeys(items, 0)
@@ -151,6 +154,7 @@ def _register_chunk(items, matrices, vols: SeriesLevels, target: Target, dof, me
             spacing = factor * target.voxel
             sigma = settings.smoothing * spacing
             fixed, fixed_mask = target.level(spacing, sigma)
+            tolerance, tolerance_mm = level_tolerances(settings, factor, spacing)
             results = register_batch(
                 [fixed] * len(items), vols.volumes(items, spacing, sigma),
                 fixed_masks=[fixed_mask] * len(items),
@@ -160,8 +164,8 @@ def _register_chunk(items, matrices, vols: SeriesLevels, target: Target, dof, me
                 rigid_first=factor == settings.levels[0],
                 levels_mm=(level_spacing(fixed),), smoothing_mm=0.0,
                 edge_mm=0.0, max_samples=settings.max_samples,
-                max_iterations=settings.max_iterations, tolerance=settings.tolerance,
-                tolerance_mm=settings.tolerance_mm, device=settings.device, seed=settings.seed)
+                max_iterations=settings.max_iterations, tolerance=tolerance,
+                tolerance_mm=tolerance_mm, device=settings.device, seed=settings.seed)
             for t, res in zip(items, results):
                 current[t] = res.matrix
                 iterations[t] += sum(res.iterations)
@@ -179,6 +183,28 @@ def _register_chunk(items, matrices, vols: SeriesLevels, target: Target, dof, me
                                      settings, levels))
         return found
     return {t: (current[t], r.final_metric, iterations[t]) for t, r in zip(items, results)}
+
+
+def level_tolerances(settings: Settings, factor: float, spacing: float) -> tuple[float, float]:
+    """``(relative, mm)`` convergence tolerances of one level of a series pass.
+
+    The finest level of ``settings`` keeps ``settings.tolerance`` / ``tolerance_mm``; a coarser
+    one only has to hand the next level a start, so it stops at a relative change of
+    ``settings.coarse_tolerance`` or when no parameter moves by more than
+    :data:`~niaffine.engine.register.COARSE_STEP_FRACTION` of its spacing, the rule of
+    :func:`~niaffine.engine.register_batch`'s coarse levels (each series level is one engine
+    call, whose single level the engine treats as its finest).
+
+    >>> s = Settings(levels=(4.0, 2.0, 1.0), smoothing=1.0, max_samples=None,
+    ...              max_iterations=100, tolerance=1e-9, tolerance_mm=5e-3,
+    ...              coarse_tolerance=1e-4, device=None, seed=0, callback=None)
+    >>> level_tolerances(s, 4.0, 10.0), level_tolerances(s, 1.0, 2.5)
+    ((0.0001, 0.02), (1e-09, 0.005))
+    """
+    if factor == min(settings.levels):
+        return settings.tolerance, settings.tolerance_mm
+    return (max(settings.tolerance, settings.coarse_tolerance),
+            max(settings.tolerance_mm, COARSE_STEP_FRACTION * spacing))
 
 
 class Target:
