@@ -17,3 +17,6 @@ def test_series_benchmark_runs_and_writes_results(tmp_path):
     assert row["tool"] == "niaffine" and row["volumes"] == 6 and row["mean_mm"] < 0.3
     assert data["meta"]["repeats"] == 2 and len(row["seconds_all"]) == 2
     assert min(row["seconds_all"]) <= row["seconds"] <= max(row["seconds_all"])
+    assert 0 < row["engine_seconds"] < row["seconds"]
+    header, _, line = series.table(data["results"]).splitlines()
+    assert "realignment (s)" in header and len(line.split("|")) == len(header.split("|"))
