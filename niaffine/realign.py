@@ -16,7 +16,6 @@ unless every output can be.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
 import json
 import logging
@@ -141,16 +140,13 @@ class _Progress:
 def run(args: argparse.Namespace) -> int:
     """Run a parsed command line; returns the exit code."""
     from . import threads
-    from .io import load_image
-    from .series_io import check_series, phase_encoding_direction, read_bvals, read_bvecs
 
     threads.configure(args.threads)  # before torch loads: OpenMP reads its wait policy once
-    # the series is read (zlib's decompression releases the GIL) while torch is imported
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        reading = pool.submit(load_image, args.series, role="series", ndim=(3, 4),
-                              check_values=False)
-        from .engine.series import register_series
-    series = check_series(reading.result(), args.series)
+    from .engine.series import register_series
+    from .io import load_image
+    from .series_io import load_series, phase_encoding_direction, read_bvals, read_bvecs
+
+    series = load_series(args.series)
     n_volumes = series.shape[3]
     bvals = read_bvals(args.bval, n_volumes) if args.bval else None
     bvecs = (read_bvecs(args.bvec, n_volumes, bvals, b0_threshold=args.b0_threshold)

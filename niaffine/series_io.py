@@ -67,15 +67,9 @@ def phase_encoding_direction(series, code: str):
 def load_series(path, *, role: str = "series") -> nib.Nifti1Image:
     """Load a 4D series (validated: exists, readable, 4D, finite; the message of a NaN lists
     the volumes)."""
-    return check_series(load_image(path, role=role, ndim=(3, 4), check_values=False), path,
-                        role=role)
-
-
-def check_series(img, path, *, role: str = "series") -> nib.Nifti1Image:
-    """``img`` (read by :func:`~niaffine.io.load_image` from ``path``) if it is a 4D series
-    of finite values, else an :class:`~niaffine.errors.InputError` naming ``path``."""
     from .engine.series_reference import series_array
 
+    img = load_image(path, role=role, ndim=(3, 4), check_values=False)
     if img.ndim != 4:
         raise InputError(f"{path}: {role} must be 4D (volumes along the 4th axis), got shape "
                          f"{img.shape}; a single volume is no series")

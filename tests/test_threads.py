@@ -80,8 +80,8 @@ def test_register_cli_sets_policy_and_threads(tmp_path):
 
 
 def test_realign_cli_sets_policy_and_threads(tmp_path):
-    """``niaffine-realign --threads 1``: the same policy, set before torch loads (the series
-    is read in a thread while torch is imported; a missing one is still exit code 65)."""
+    """``niaffine-realign --threads 1``: the same policy, set before torch loads (a missing
+    series is still exit code 65)."""
     code = ("import sys; from niaffine.realign import main\n"
             f"code = main([{str(tmp_path / 'no.nii.gz')!r}, '-o', {str(tmp_path / 'x.txt')!r}, "
             "'--threads', '1'])\n"

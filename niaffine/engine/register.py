@@ -55,6 +55,8 @@ OVERLAP_PENALTY = 4.0
 #: A level coarser than the finest ends when an iteration moves no parameter by more than
 #: this fraction of its spacing (0.016 mm at 8 mm; see ``coarse_tolerance``).
 COARSE_STEP_FRACTION = 0.002
+#: Relative metric change that ends a level coarser than the finest (``coarse_tolerance``).
+COARSE_TOLERANCE = 1e-4
 #: CPU levels with fewer sample points than this (batch items together) run on one thread.
 SERIAL_POINTS = 50_000
 #: Values of ``sampling``: where the metric samples the fixed image without a fixed mask.
@@ -236,7 +238,7 @@ def _register_batch(
     max_iterations: int | Sequence[int] = 100,
     tolerance: float = 1e-6,
     tolerance_mm: float = 1e-3,
-    coarse_tolerance: float = 1e-4,
+    coarse_tolerance: float = COARSE_TOLERANCE,
     frozen: Sequence[str] = (),
     optimizer="lbfgs",
     optimizer_kwargs: dict | None = None,
@@ -376,10 +378,8 @@ def _register_batch(
 
         level_points = problem.samples * len(fix)
 
-        finest = li == len(levels) - 1
-        level_tolerance = tolerance if finest else max(tolerance, coarse_tolerance)
-        level_tolerance_mm = (tolerance_mm if finest
-                              else max(tolerance_mm, COARSE_STEP_FRACTION * spacing))
+        level_tolerance, level_tolerance_mm = level_tolerances(
+            li == len(levels) - 1, spacing, tolerance, tolerance_mm, coarse_tolerance)
 
         def optimise(groups=None, cap=iters[li], li=li, spacing=spacing, objective=objective,
                      points=level_points, tol=level_tolerance, tol_mm=level_tolerance_mm):
@@ -516,6 +516,23 @@ def _per_level(value, n: int) -> list[int]:
     if len(value) != n:
         raise InputError(f"max_iterations lists {len(value)} values for {n} levels")
     return value
+
+
+def level_tolerances(finest: bool, spacing: float, tolerance: float, tolerance_mm: float,
+                     coarse_tolerance: float = COARSE_TOLERANCE) -> tuple[float, float]:
+    """``(relative, mm)`` convergence tolerances of one pyramid level of ``spacing`` mm.
+
+    The finest level keeps ``tolerance`` / ``tolerance_mm``; a coarser one only hands the
+    next level a start, so it stops at a relative change of ``coarse_tolerance`` or when no
+    parameter moves by more than :data:`COARSE_STEP_FRACTION` of its spacing (never tighter
+    than the finest level's). Shared by :func:`register_batch` and the series passes.
+
+    >>> level_tolerances(False, 10.0, 1e-9, 5e-3), level_tolerances(True, 2.5, 1e-9, 5e-3)
+    ((0.0001, 0.02), (1e-09, 0.005))
+    """
+    if finest:
+        return tolerance, tolerance_mm
+    return max(tolerance, coarse_tolerance), max(tolerance_mm, COARSE_STEP_FRACTION * spacing)
 
 
 def _radius(data: torch.Tensor, affine, centre) -> float:

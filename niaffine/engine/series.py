@@ -46,7 +46,7 @@ import torch
 
 from .. import choices
 from ..errors import InputError, RegistrationError
-from .register import resolve_device
+from .register import COARSE_TOLERANCE, resolve_device
 from .series_levels import SeriesLevels
 from .series_passes import (
     SERIES_METRICS,
@@ -105,7 +105,7 @@ def register_series(
     max_iterations: int = 100,
     tolerance: float = 1e-9,
     tolerance_mm: float = 5e-3,
-    coarse_tolerance: float = 1e-4,
+    coarse_tolerance: float = COARSE_TOLERANCE,
     volumes_per_call: int | None = None,
     memory_mb: float | None = None,
     device: str | torch.device = "auto",

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import DeviceMemoryError, InputError, RegistrationError
 from . import metrics as M
-from .register import COARSE_STEP_FRACTION, register_batch
+from .register import level_tolerances, register_batch
 from .series_levels import SeriesLevels, level_spacing, reference_level
 
 LOGGER = logging.getLogger("niaffine.engine.series")
@@ -141,7 +141,8 @@ def _register_chunk(items, matrices, vols: SeriesLevels, target: Target, dof, me
 
     ``levels`` (default: every level of ``settings``) are multiples of the reference's voxel.
     Levels coarser than the finest of ``settings`` stop early as a registration's coarse levels
-    do (see :func:`level_tolerances`).
+    do (:func:`~niaffine.engine.register.level_tolerances`): each series level is one engine
+    call, whose single level the engine would treat as its finest.
     """
     current = {t: matrices[t] for t in items}
     iterations = dict.fromkeys(items, 0)
@@ -154,7 +155,9 @@ def _register_chunk(items, matrices, vols: SeriesLevels, target: Target, dof, me
             spacing = factor * target.voxel
             sigma = settings.smoothing * spacing
             fixed, fixed_mask = target.level(spacing, sigma)
-            tolerance, tolerance_mm = level_tolerances(settings, factor, spacing)
+            tolerance, tolerance_mm = level_tolerances(
+                factor == min(settings.levels), spacing, settings.tolerance,
+                settings.tolerance_mm, settings.coarse_tolerance)
             results = register_batch(
                 [fixed] * len(items), vols.volumes(items, spacing, sigma),
                 fixed_masks=[fixed_mask] * len(items),
@@ -183,28 +186,6 @@ def _register_chunk(items, matrices, vols: SeriesLevels, target: Target, dof, me
                                      settings, levels))
         return found
     return {t: (current[t], r.final_metric, iterations[t]) for t, r in zip(items, results)}
-
-
-def level_tolerances(settings: Settings, factor: float, spacing: float) -> tuple[float, float]:
-    """``(relative, mm)`` convergence tolerances of one level of a series pass.
-
-    The finest level of ``settings`` keeps ``settings.tolerance`` / ``tolerance_mm``; a coarser
-    one only has to hand the next level a start, so it stops at a relative change of
-    ``settings.coarse_tolerance`` or when no parameter moves by more than
-    :data:`~niaffine.engine.register.COARSE_STEP_FRACTION` of its spacing, the rule of
-    :func:`~niaffine.engine.register_batch`'s coarse levels (each series level is one engine
-    call, whose single level the engine treats as its finest).
-
-    >>> s = Settings(levels=(4.0, 2.0, 1.0), smoothing=1.0, max_samples=None,
-    ...              max_iterations=100, tolerance=1e-9, tolerance_mm=5e-3,
-    ...              coarse_tolerance=1e-4, device=None, seed=0, callback=None)
-    >>> level_tolerances(s, 4.0, 10.0), level_tolerances(s, 1.0, 2.5)
-    ((0.0001, 0.02), (1e-09, 0.005))
-    """
-    if factor == min(settings.levels):
-        return settings.tolerance, settings.tolerance_mm
-    return (max(settings.tolerance, settings.coarse_tolerance),
-            max(settings.tolerance_mm, COARSE_STEP_FRACTION * spacing))
 
 
 class Target:
