@@ -81,6 +81,8 @@ DEFAULT_SMOOTHING = 1.0
 DEFAULT_SAMPLES = choices.SERIES_SAMPLES
 #: Largest b-value treated as b=0 (s/mm^2).
 B0_THRESHOLD = 50.0
+#: How diffusion-weighted shells are tied to the b=0 frame (``link``).
+LINKS = ("auto", "continuity", "reference", "mi")
 #: With two passes, the first samples ``max_samples // FIRST_PASS_DIVISOR`` points per volume.
 FIRST_PASS_DIVISOR = 2
 
@@ -145,11 +147,13 @@ def register_series(
         which the 12-dof transforms distort (see
         :func:`niaffine.engine.series_dwi.phase_encoding_from_matrices`), recorded in
         ``SeriesResult.pe_direction``.
-    link : {"auto", "continuity", "mi"}
+    link : {"auto", "continuity", "reference", "mi"}
         How diffusion-weighted shells are tied to the b=0 frame: ``mi`` keeps what mutual
         information between contrasts gives; ``continuity`` corrects it from the interspersed
-        b=0 volumes (see :mod:`niaffine.engine.series_dwi`); ``auto`` does so wherever at least
-        three b=0 / diffusion-weighted neighbour pairs exist.
+        b=0 volumes; ``reference`` by registering the shell's reference to the b=0 reference
+        without the brain's edge (see :mod:`niaffine.engine.series_dwi`); ``auto`` uses the
+        continuity link wherever at least three b=0 / diffusion-weighted neighbour pairs
+        agree, else the reference link.
     eddy_model : bool
         DWI at 12 dof with a phase-encoding direction: project each diffusion-weighted
         volume's matrix onto the eddy-current model (distortion along the phase-encoding axis
@@ -305,7 +309,7 @@ def register_series(
                         np.round(pe_direction, 3), "n/a" if r2 is None else f"{r2:.3f}")
     if is_dwi and link != "mi":
         links = _link_shells(state, kinds, bvals, gradients, pe_direction, usable, ref_img,
-                             link)
+                             link, references=(data, affine, mask_img, dev, int(seed)))
     failed = {**state.failed, **constant}
     if len(failed) == n_volumes:
         raise RegistrationError(f"{name}: no volume could be registered "
@@ -353,27 +357,41 @@ def _gradients(bvecs, affine):
     return (_bvec_frame(affine) @ (vectors / norms)).T
 
 
-def _link_shells(state, kinds, bvals, gradients, pe_direction, usable, ref_img, link):
-    """Apply the b=0 continuity link to each shell (or all shells together); ``{shell: how}``."""
-    from .series_dwi import continuity_link
+def _link_shells(state, kinds, bvals, gradients, pe_direction, usable, ref_img, link,
+                 references=None):
+    """Tie each shell to the b=0 frame; ``{shell: how}`` (see :mod:`~niaffine.engine.series_dwi`).
 
-    if link not in ("auto", "continuity"):
-        raise InputError(f"link={link!r} is not one of auto, continuity, mi")
+    ``auto``: the b=0 continuity link of the shell, else of all shells together, else the
+    reference link (``references`` = ``(data, affine, b=0 mask, device, seed)``); ``continuity``
+    or ``reference``: that link only. A shell that gets none keeps what mutual information gave.
+    """
+    from .series_dwi import continuity_link, reference_link
+
+    if link not in LINKS:
+        raise InputError(f"link={link!r} is not one of {', '.join(LINKS)}")
     dw = np.array([kind == "dw" for kind in kinds])
     centre = _centre(ref_img)
     good = [t for t in usable if t not in state.failed]
     shells = [(label, m) for label, m in _pass2_groups(kinds, bvals, good) if label != "b=0"]
     options = {"gradients": gradients, "pe_direction": pe_direction, "centre": centre}
-    common = continuity_link(state.matrices, dw, [t for _, m in shells for t in m], **options)
+    common = (continuity_link(state.matrices, dw, [t for _, m in shells for t in m], **options)
+              if link != "reference" else None)
     links = {}
     for label, members in shells:
-        correction, how = continuity_link(state.matrices, dw, members, **options), "continuity"
-        if correction is None and common is not None:
-            correction, how = common, "continuity (all shells)"
+        correction, how = None, "mi"
+        if link != "reference":
+            correction, how = continuity_link(state.matrices, dw, members, **options), "continuity"
+            if correction is None and common is not None:
+                correction, how = common, "continuity (all shells)"
+        if correction is None and link != "continuity" and references is not None:
+            data, affine, b0_mask, device, seed = references
+            shell_ref = robust_reference(data, state.matrices, affine, members, ref_img)
+            correction, how = reference_link(ref_img, b0_mask, shell_ref, device=device,
+                                             seed=seed), "reference"
         if correction is None:
             links[label] = "mi"
-            if link == "continuity":
-                LOGGER.warning("%s: too few b=0 neighbours for a continuity link", label)
+            if link != "auto":
+                LOGGER.warning("%s: no %s link could be made", label, link)
             continue
         state.matrices[members] = state.matrices[members] @ correction
         links[label] = how

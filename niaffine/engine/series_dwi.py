@@ -12,16 +12,24 @@ rigid part of each neighbour's transform should equal the b=0 volume's. The rigi
 read across the phase-encoding axis (exact under eddy-current distortion along it); the eddy
 shift along that axis, linear in the gradient vector (``s = w . g``), is fitted first from the
 steadiness of consecutive diffusion-weighted volumes (a robust regression), then removed.
+
+Where no such link can be made (one b=0 volume, or too few next to a shell),
+:func:`reference_link` registers the shell's reference to the b=0 reference once more, rigidly
+and without the edge of the brain, which is where the two contrasts disagree.
 """
 
 from __future__ import annotations
 
 import logging
 
+import nibabel as nib
 import numpy as np
+from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
+from ..errors import InputError, RegistrationError
 from .motion import rigid_part
+from .register import register
 
 LOGGER = logging.getLogger(__name__)
 
@@ -29,6 +37,12 @@ LOGGER = logging.getLogger(__name__)
 MIN_PAIRS = 3
 #: A link larger than this (mm at the centre, degrees) is not believed and not applied.
 MAX_LINK_MM, MAX_LINK_DEG = 2.0, 2.0
+#: The reference link samples the b=0 reference's mask eroded by this many voxels (the
+#: brain's outer few millimetres, where CSF and grey matter trade places, left out) ...
+REFERENCE_LINK_ERODE = 3
+#: ... and blurs both references by this fraction of a voxel (the series levels' full voxel
+#: of blur moves the optimum of mutual information across contrasts further).
+REFERENCE_LINK_SMOOTHING = 0.25
 #: Pair estimates agree when they differ by less than this (mm: at the centre, plus the
 #: rotation as an arc on a 50 mm sphere); a link needs most pairs to agree.
 AGREE_MM = 0.3
@@ -180,6 +194,61 @@ def continuity_link(matrices, dw, members, *, gradients=None, pe_direction=None,
     link[:3, 3] = centre + shift - link[:3, :3] @ centre
     LOGGER.info("b=0 continuity link from %d pairs: %.3f mm, %.3f deg", len(estimates),
                 np.linalg.norm(shift), np.degrees(np.linalg.norm(rotvec)))
+    return link
+
+
+def reference_link(b0_reference, b0_mask, shell_reference, *, device="cpu", seed=0):
+    """The correction ``C`` (``M_t <- M_t @ C``) bringing a shell into the b=0 frame by
+    registering its reference to the b=0 reference, or None when that fails or is implausible.
+
+    Mutual information between a diffusion-weighted and a b=0 image settles off by the same
+    amount for every volume of a shell (the module docstring says why); most of that offset
+    comes from the brain's outer few millimetres and from blurring the two contrasts alike.
+    Here the two references (medians: little noise) are compared rigidly over the b=0 mask
+    eroded by :data:`REFERENCE_LINK_ERODE` voxels, blurred by
+    :data:`REFERENCE_LINK_SMOOTHING` of a voxel, at every voxel. On five simulated DWIs
+    without a usable continuity link (one b=0 volume; 2-2.5 mm) this took the shell's offset
+    from 0.34-0.40 mm to 0.10-0.22 mm; the continuity link, where it exists, does better
+    (0.06-0.08 mm).
+
+    Parameters
+    ----------
+    b0_reference, b0_mask : nibabel images
+        The b=0 reference and its (head) mask on the reference grid.
+    shell_reference : nibabel image
+        The shell's reference on the same grid (its volumes realigned as they stand).
+    device, seed
+        As :func:`~niaffine.engine.register`.
+
+    Returns
+    -------
+    (4, 4) array or None
+        Maps b=0 reference points to shell reference points.
+    """
+    mask = np.asarray(b0_mask.dataobj) > 0
+    eroded = ndi.binary_erosion(mask, iterations=REFERENCE_LINK_ERODE)
+    if eroded.sum() < 0.2 * mask.sum():  # a small or thin field of view: keep what there is
+        eroded = mask
+    voxel = float(np.min(nib.affines.voxel_sizes(b0_reference.affine)))
+    try:
+        found = register(
+            b0_reference, shell_reference,
+            fixed_mask=nib.Nifti1Image(eroded.astype(np.uint8), b0_reference.affine),
+            dof=6, metric="mi", init="identity", rotation_search=False,
+            levels_mm=(2.0 * voxel, voxel), smoothing_mm=REFERENCE_LINK_SMOOTHING * voxel,
+            edge_mm=0.0, max_samples=None, device=device, seed=seed)
+    except (InputError, RegistrationError) as err:
+        LOGGER.warning("reference link failed (%s); not used", str(err).splitlines()[0])
+        return None
+    link = np.asarray(found.matrix, dtype=float)
+    centre = (b0_reference.affine @ np.r_[(np.array(b0_reference.shape[:3]) - 1) / 2, 1])[:3]
+    shift = link[:3, :3] @ centre + link[:3, 3] - centre
+    angle = np.degrees(Rotation.from_matrix(link[:3, :3]).magnitude())
+    if np.linalg.norm(shift) > MAX_LINK_MM or angle > MAX_LINK_DEG:
+        LOGGER.warning("the reference link is implausible (%.2f mm, %.2f deg); not used",
+                       np.linalg.norm(shift), angle)
+        return None
+    LOGGER.info("reference link: %.3f mm, %.3f deg", np.linalg.norm(shift), angle)
     return link
 
 

@@ -240,3 +240,15 @@ def test_cuda_matches_cpu(bold, realigned):
     assert np.allclose(gpu.matrices, realigned.matrices, atol=5e-3)
     mean, _ = S.volume_errors(bold, gpu.matrices, step=2)
     assert mean.mean() < 0.08
+
+
+def test_a_single_b0_gets_the_reference_link():
+    case = S.make_dwi_series(np.random.default_rng(3), n_b0=1, directions=8, voxel_size=4.0,
+                             source_mm=2)
+    r = register_series(case.series, bvals=case.bvals, bvecs=case.bvecs, **SC.QUICK)
+    assert r.links == {"b=1000": "reference"}  # one b=0: no pair for a continuity link
+    only = register_series(case.series, bvals=case.bvals, bvecs=case.bvecs, link="continuity",
+                           **SC.QUICK)
+    assert only.links == {"b=1000": "mi"}
+    with pytest.raises(InputError, match="auto, continuity, reference, mi"):
+        register_series(case.series, bvals=case.bvals, link="peas", **SC.QUICK)

@@ -26,6 +26,8 @@ BOLD_CASES = {
     "aliased-lps": {"n_volumes": 64, "voxel_size": 3.5, "orientation": "LPS", "psf_fwhm": 0.0,
                     "motion": {"jumps": 2, "walk_mm": 0.05, "walk_deg": 0.05}},
     "t1-contrast": {"n_volumes": 60, "contrast": "T1", "voxel_size": 3.0, "oblique_deg": -10.0},
+    "sagittal-pir": {"n_volumes": 50, "orientation": "PIR", "voxel_size": (3.0, 3.0, 3.6)},
+    "short-12": {"n_volumes": 12},
 }
 
 
@@ -51,6 +53,11 @@ DWI_CASES = {
     "b1000": {},
     "two-shells-lps": {"n_b0": 5, "directions": 20, "bvalues": (1000.0, 2000.0),
                        "orientation": "LPS", "voxel_size": 2.0, "eddy_scale": 0.015},
+    "two-b0": {"n_b0": 2, "directions": 30},
+    "pe-along-i": {"n_b0": 6, "directions": 30, "pe_axis": 0},
+    # one b=0 volume: no continuity link; the reference link ties the shell to it
+    "one-b0-lps-2mm": {"n_b0": 1, "directions": 32, "orientation": "LPS", "voxel_size": 2.0,
+                       "eddy_scale": 0.015},
 }
 
 
