@@ -46,6 +46,7 @@ import torch
 
 from .. import choices
 from ..errors import InputError, RegistrationError
+from .initialise import geometric_centre
 from .register import COARSE_TOLERANCE, resolve_device
 from .series_levels import SeriesLevels
 from .series_passes import (
@@ -341,7 +342,7 @@ def _find_phase_encoding(matrices, dw, gradients, affine, centre):
 
 def _centre(img) -> np.ndarray:
     """World centre of an image's field of view."""
-    return (img.affine @ np.r_[(np.array(img.shape[:3]) - 1) / 2, 1])[:3]
+    return geometric_centre(img.shape[:3], img.affine)
 
 
 def _gradients(bvecs, affine):

@@ -28,8 +28,10 @@ from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
 from ..errors import InputError, RegistrationError
+from .initialise import geometric_centre
 from .motion import rigid_part
 from .register import register
+from .resample import resample_array, voxel_map
 
 LOGGER = logging.getLogger(__name__)
 
@@ -56,6 +58,17 @@ def _distance(a: np.ndarray, b: np.ndarray, centre: np.ndarray) -> float:
     delta = a @ np.linalg.inv(b)
     shift = delta[:3, :3] @ centre + delta[:3, 3] - centre
     return float(np.linalg.norm(shift) + 50.0 * Rotation.from_matrix(delta[:3, :3]).magnitude())
+
+
+def _plausible(shift, angle_deg: float, what: str) -> bool:
+    """Whether a link of ``shift`` (mm at the centre) and ``angle_deg`` is small enough to be
+    believed (:data:`MAX_LINK_MM`, :data:`MAX_LINK_DEG`); a warning says when it is not."""
+    size = float(np.linalg.norm(shift))
+    if size > MAX_LINK_MM or angle_deg > MAX_LINK_DEG:
+        LOGGER.warning("%s gives an implausible link (%.2f mm, %.2f deg); not used", what, size,
+                       angle_deg)
+        return False
+    return True
 
 
 def consensus(estimates: list, centre: np.ndarray) -> list:
@@ -188,9 +201,7 @@ def continuity_link(matrices, dw, members, *, gradients=None, pe_direction=None,
     estimates = agreeing
     rotvec = np.median([Rotation.from_matrix(e[:3, :3]).as_rotvec() for e in estimates], axis=0)
     shift = np.median([e[:3, :3] @ centre + e[:3, 3] - centre for e in estimates], axis=0)
-    if np.linalg.norm(shift) > MAX_LINK_MM or np.degrees(np.linalg.norm(rotvec)) > MAX_LINK_DEG:
-        LOGGER.warning("b=0 continuity gives an implausible link (%.2f mm, %.2f deg); not used",
-                       np.linalg.norm(shift), np.degrees(np.linalg.norm(rotvec)))
+    if not _plausible(shift, np.degrees(np.linalg.norm(rotvec)), "b=0 continuity"):
         return None
     link = np.eye(4)
     link[:3, :3] = Rotation.from_rotvec(rotvec).as_matrix()
@@ -250,12 +261,10 @@ def reference_link(b0_reference, b0_mask, shell_reference, *, device="cpu", seed
         LOGGER.warning("reference link failed (%s); not used", str(err).splitlines()[0])
         return None
     link = np.asarray(found.matrix, dtype=float)
-    centre = (b0_reference.affine @ np.r_[(np.array(b0_reference.shape[:3]) - 1) / 2, 1])[:3]
+    centre = geometric_centre(b0_reference.shape[:3], b0_reference.affine)
     shift = link[:3, :3] @ centre + link[:3, 3] - centre
     angle = np.degrees(Rotation.from_matrix(link[:3, :3]).magnitude())
-    if np.linalg.norm(shift) > MAX_LINK_MM or angle > MAX_LINK_DEG:
-        LOGGER.warning("the reference link is implausible (%.2f mm, %.2f deg); not used",
-                       np.linalg.norm(shift), angle)
+    if not _plausible(shift, angle, "the reference registration"):
         return None
     LOGGER.info("reference link: %.3f mm, %.3f deg", np.linalg.norm(shift), angle)
     return link
@@ -263,25 +272,22 @@ def reference_link(b0_reference, b0_mask, shell_reference, *, device="cpu", seed
 
 def _off_grid(img, mask: np.ndarray):
     """``img`` (cubic) and ``mask`` (nearest) on a grid of half its spacing whose points lie a
-    quarter voxel off ``img``'s in every axis.
+    quarter voxel off ``img``'s in every axis (the outermost quarter voxel, outside ``img``'s
+    grid, is background).
 
     >>> import nibabel as nib
     >>> fine, fine_mask = _off_grid(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)),
     ...                             np.ones((4, 4, 4), bool))
     >>> fine.shape, fine.affine[0].tolist(), int(np.asanyarray(fine_mask.dataobj).sum())
-    ((8, 8, 8), [0.5, 0.0, 0.0, -0.25], 512)
+    ((8, 8, 8), [0.5, 0.0, 0.0, -0.25], 216)
     """
     affine = np.asarray(img.affine, dtype=float)
     fine = affine @ np.diag([0.5, 0.5, 0.5, 1.0])
     fine[:3, 3] = affine[:3, :3] @ np.full(3, -0.25) + affine[:3, 3]
     shape = tuple(2 * int(n) for n in img.shape[:3])
-    to_voxels = np.linalg.inv(affine) @ fine
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    values = ndi.affine_transform(data, to_voxels[:3, :3], to_voxels[:3, 3], output_shape=shape,
-                                  order=3, mode="nearest")
-    inside = ndi.affine_transform(np.asarray(mask, dtype=np.uint8), to_voxels[:3, :3],
-                                  to_voxels[:3, 3], output_shape=shape, order=0,
-                                  mode="nearest")
+    to_voxels = voxel_map(np.eye(4), fine, affine)
+    values = resample_array(np.asarray(img.dataobj, dtype=np.float32), to_voxels, shape, order=3)
+    inside = resample_array(np.asarray(mask, dtype=np.uint8), to_voxels, shape, order=0)
     return nib.Nifti1Image(values, fine), nib.Nifti1Image(inside.astype(np.uint8), fine)
 
 

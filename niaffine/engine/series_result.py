@@ -46,7 +46,8 @@ class SeriesResult:
     passes : int
     volumes_per_call : int
     links : dict
-        DWI: how each shell is tied to the b=0 frame (``"continuity"``, ``"mi"``).
+        DWI: how each shell is tied to the b=0 frame (``"continuity"``,
+        ``"continuity (all shells)"``, ``"reference"``, ``"mi"``).
     pe_direction : (3,) array or None
         The phase-encoding direction used for rigid parts (given or estimated).
     """

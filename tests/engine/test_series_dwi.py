@@ -8,6 +8,7 @@ from scipy.spatial.transform import Rotation
 
 from niaffine.data.series import gradient_directions
 from niaffine.engine import series_dwi as D
+from niaffine.engine.initialise import geometric_centre
 
 CENTRE = np.array([0.0, -15.0, 20.0])
 PE = np.array([0.0, 1.0, 0.0])
@@ -123,7 +124,7 @@ def _reference_pair(offset):
 
 
 def _offset(ref, rotvec, translation):
-    centre = (ref.affine @ np.r_[(np.array(ref.shape) - 1) / 2, 1])[:3]
+    centre = geometric_centre(ref.shape, ref.affine)
     out = np.eye(4)
     out[:3, :3] = Rotation.from_rotvec(rotvec).as_matrix()
     out[:3, 3] = centre + np.asarray(translation) - out[:3, :3] @ centre
