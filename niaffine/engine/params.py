@@ -146,12 +146,55 @@ def decompose_linear(linear: np.ndarray) -> dict[str, np.ndarray]:
     shear_full = u / zoom[:, None]
     shear = shear_full[np.triu_indices(ndim, k=1)]
     if ndim == 3:
-        from scipy.spatial.transform import Rotation
-
-        rotation = Rotation.from_matrix(q).as_rotvec()
+        rotation = rotvec_from_matrix(q)
     else:
         rotation = np.array([np.arctan2(q[1, 0], q[0, 0])])
     return {"rotation": rotation + 0.0, "zoom": zoom, "shear": shear + 0.0}
+
+
+def matrix_from_rotvec(rotvec) -> np.ndarray:
+    """The 3x3 rotation of a rotation vector (axis times angle, radians; Rodrigues' formula).
+
+    NumPy twin of :func:`rotation_matrix` for one vector, without torch or scipy (whose
+    import costs a one-off 40 ms in every registration that would use it).
+
+    >>> np.round(matrix_from_rotvec([0.0, 0.0, np.pi / 2]) @ [1.0, 0.0, 0.0], 12) + 0.0
+    array([0., 1., 0.])
+    """
+    v = np.asarray(rotvec, dtype=float).reshape(3)
+    angle = float(np.linalg.norm(v))
+    k = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    if angle < 1e-12:
+        return np.eye(3) + k
+    k /= angle
+    return np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * (k @ k)
+
+
+def rotvec_from_matrix(rotation) -> np.ndarray:
+    """The rotation vector (angle in [0, pi]) of a 3x3 rotation matrix; inverse of
+    :func:`matrix_from_rotvec`, accurate at small angles and near half a turn.
+
+    >>> np.round(rotvec_from_matrix(matrix_from_rotvec([0.3, -0.2, 0.1])), 12).tolist()
+    [0.3, -0.2, 0.1]
+    """
+    r = np.asarray(rotation, dtype=float).reshape(3, 3)
+    skew = 0.5 * np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
+    sine = float(np.linalg.norm(skew))
+    cosine = float(np.clip(0.5 * (np.trace(r) - 1.0), -1.0, 1.0))
+    angle = float(np.arctan2(sine, cosine))
+    if angle < 1e-6:
+        return skew  # sin(angle) ~ angle
+    if cosine > -0.5:  # away from half a turn the skew part is well conditioned
+        return skew * (angle / sine)
+    # near half a turn the skew part vanishes: the axis comes from the symmetric part,
+    # (R + R^T) / 2 = cos I + (1 - cos) a a^T, its sign from the skew part
+    sym = 0.5 * (r + r.T) - cosine * np.eye(3)
+    column = int(np.argmax(np.diag(sym)))
+    axis = sym[:, column] / np.sqrt(max(sym[column, column], 1e-300))
+    axis /= np.linalg.norm(axis)
+    if axis @ skew < 0:
+        axis = -axis
+    return axis * angle
 
 
 class AffineParameters(nn.Module):

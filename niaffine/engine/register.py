@@ -26,7 +26,7 @@ from . import metrics as M
 from .frames import voxel_centres
 from .initialise import INITS, centre_of_mass, geometric_centre, rotation_candidates
 from .optim import Optimiser
-from .params import AffineParameters, active_groups
+from .params import AffineParameters, active_groups, matrix_from_rotvec, rotvec_from_matrix
 from .pyramid import build_padded_pyramid, build_pyramid
 from .result import LevelReport, RegistrationResult
 from .sampling import (
@@ -352,18 +352,21 @@ def _register_batch(
 
         level_subsets: dict = {}  # the same few item subsets recur within a level
 
-        def objective(items=None, problem=problem, start_overlap=start_overlap,
+        def objective(items=None, matrices=None, problem=problem, start_overlap=start_overlap,
                       subsets=level_subsets):
-            """Loss ``(B,)``, or of the batch items ``items`` only (a list of indices)."""
-            matrices = params()
-            if items is not None and len(items) < matrices.shape[0]:
+            """Loss ``(B,)``, or of the batch items ``items`` only (a list of indices, repeats
+            allowed), at the parameters' matrices or at ``matrices`` (one per listed item)."""
+            if matrices is None:
+                matrices = params()
+                if items is not None:
+                    matrices = matrices[list(items)]
+            if items is not None and list(items) != list(range(len(fix))):
                 key = tuple(items)
                 if key not in subsets:
                     if len(subsets) > len(fix):
                         subsets.clear()
                     subsets[key] = problem.subset(items)
                 problem, start_overlap = subsets[key], start_overlap[list(items)]
-                matrices = matrices[list(items)]
             values, weights = problem.warp(matrices)
             if metric_name == "lncc":
                 loss = M.lncc(problem.fixed_values, values, weights, window=lncc_window)
@@ -651,12 +654,7 @@ def _rotation_search(params: AffineParameters, objective, max_deg, step_deg, tol
         _compose_rotations(rotation_candidates(max_deg, step_deg, params.ndim),
                            (base_rot / radius).cpu().numpy()),
         device=base_rot.device) * radius  # (K, B, r)
-    losses = []
-    with torch.no_grad():
-        for cand in candidates:
-            params.rotation.copy_(cand)
-            losses.append(objective())
-    losses = torch.stack(losses)  # (K, B)
+    losses = _candidate_losses(params, objective, candidates)  # (K, B)
     order = losses.argsort(dim=0)[:keep]
     best_loss = torch.full_like(losses[0], float("inf"))
     best_rot, best_tr = base_rot.clone(), base_tr.clone()
@@ -702,22 +700,42 @@ def _probe_beats(params: AffineParameters, objective, loss: torch.Tensor,
     candidates = torch.as_tensor(
         _compose_rotations(np.array(probes), (base / params.radius).cpu().numpy()),
         device=base.device, dtype=base.dtype) * params.radius
-    beaten = torch.zeros_like(loss, dtype=torch.bool)
+    losses = _candidate_losses(params, objective, candidates)
+    return bool((losses < loss.to(losses.dtype) - 1e-4 * loss.abs()).any())
+
+
+def _candidate_losses(params: AffineParameters, objective, candidates: torch.Tensor,
+                      items_per_call: int = 18) -> torch.Tensor:
+    """Losses ``(K, B)`` of the rotations ``candidates`` ``(K, B, r)``, the other parameters
+    as they are, with several candidates per evaluation (up to ``items_per_call`` problems,
+    at least one candidate): one warp of many small problems instead of many warps of one,
+    as each evaluation at the coarsest level is mostly overhead. The parameters are left as
+    they were."""
+    base = params.rotation.detach().clone()
+    n_items = candidates.shape[1]
+    per_call = max(1, items_per_call // n_items)
+    out = []
     with torch.no_grad():
-        for cand in candidates:
-            params.rotation.copy_(cand)
-            beaten |= objective() < loss.to(cand.dtype) - 1e-4 * loss.abs()
+        for lo in range(0, len(candidates), per_call):
+            chunk = candidates[lo:lo + per_call]
+            matrices = []
+            for cand in chunk:
+                params.rotation.copy_(cand)
+                matrices.append(params())
+            items = [b for _ in range(len(chunk)) for b in range(n_items)]
+            out.append(objective(items=items, matrices=torch.cat(matrices))
+                       .reshape(len(chunk), n_items))
         params.rotation.copy_(base)
-    return bool(beaten.any())
+    return torch.cat(out)
 
 
 def _compose_rotations(candidates: np.ndarray, base: np.ndarray) -> np.ndarray:
     """Rotation vectors of ``R(candidate) @ R(base)`` for every candidate and item: (K, B, r)."""
     if candidates.shape[-1] == 1:
         return candidates[:, None, :] + base[None]
-    from scipy.spatial.transform import Rotation
-
     out = np.empty((len(candidates), len(base), 3))
     for b, rb in enumerate(base):
-        out[:, b] = (Rotation.from_rotvec(candidates) * Rotation.from_rotvec(rb)).as_rotvec()
+        r_base = matrix_from_rotvec(rb)
+        for k, cand in enumerate(candidates):
+            out[k, b] = rotvec_from_matrix(matrix_from_rotvec(cand) @ r_base)
     return out

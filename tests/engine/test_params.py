@@ -31,6 +31,30 @@ def test_rotation_matrix_is_exactly_orthogonal_and_matches_scipy(rotvec):
     assert np.allclose(r, Rotation.from_rotvec(rotvec).as_matrix(), atol=1e-12)
 
 
+def _near_half_turn(rng):
+    axis = rng.normal(size=3)
+    return axis / np.linalg.norm(axis) * (np.pi - 10.0 ** rng.uniform(-9, -1))
+
+
+def test_numpy_rotation_vectors_match_scipy_everywhere():
+    """``matrix_from_rotvec`` / ``rotvec_from_matrix`` (no scipy import in the engine) agree
+    with scipy from zero to half a turn, the small and near-half-turn angles included."""
+    rng = np.random.default_rng(3)
+    vectors = [np.zeros(3), [1e-10, 0, 0], [0, 0, np.pi], [0, np.pi, 0], [-np.pi, 0, 0]]
+    vectors += [rng.normal(size=3) * s for s in (1e-7, 1e-3, 0.5, 1.5) for _ in range(20)]
+    vectors += [_near_half_turn(rng) for _ in range(40)]
+    for v in vectors:
+        v = np.asarray(v, dtype=float)
+        expected = Rotation.from_rotvec(v).as_matrix()
+        assert np.allclose(P.matrix_from_rotvec(v), expected, atol=1e-13)
+        back = P.rotvec_from_matrix(expected)
+        # the same rotation (a half turn's axis sign is arbitrary), angle at most pi
+        assert np.allclose(Rotation.from_rotvec(back).as_matrix(), expected, atol=1e-9)
+        assert np.linalg.norm(back) <= np.pi + 1e-12
+        if np.linalg.norm(v) < np.pi - 1e-6:
+            assert np.allclose(back, Rotation.from_matrix(expected).as_rotvec(), atol=1e-9)
+
+
 def test_six_dof_stays_rigid_after_optimisation_steps():
     torch.manual_seed(0)
     centre = np.array([[3.0, -10.0, 20.0], [0.0, 0.0, 0.0]])

@@ -336,15 +336,34 @@ def test_auto_search_probe_detects_a_wrong_basin(fixed):
                              generators=[torch.Generator().manual_seed(0)], device="cpu")
     params = AffineParameters(C.brain_centre()[None], np.array([60.0]), dof=6)
 
-    def objective(items=None):
-        values, weights = problem.warp(params())
-        return M.mutual_information(problem.fixed_values, values, weights)
+    def objective(items=None, matrices=None):
+        sub = problem if items is None else problem.subset(items)
+        values, weights = sub.warp(params() if matrices is None else matrices)
+        return M.mutual_information(sub.fixed_values, values, weights)
 
     with torch.no_grad():
         right = objective()
         assert not _probe_beats(params, objective, right)
         params.rotation.copy_(torch.tensor([[0.0, 0.0, np.pi / 2]]) * 60.0)
         assert _probe_beats(params, objective, objective())
+
+    # the candidates are evaluated several per warp: the losses are those of one at a time
+    from niaffine.engine.register import _candidate_losses
+
+    candidates = torch.tensor([[[0.0, 0.0, a]] for a in np.linspace(-1.5, 1.5, 7)],
+                              dtype=params.rotation.dtype) * 60.0
+    before = params.rotation.detach().clone()
+    together = _candidate_losses(params, objective, candidates, items_per_call=3)
+    alone = []
+    with torch.no_grad():
+        for cand in candidates:
+            params.rotation.copy_(cand)
+            alone.append(objective())
+        params.rotation.copy_(before)
+    assert together.shape == (7, 1)
+    torch.testing.assert_close(together, torch.stack(alone), rtol=1e-5, atol=1e-6)
+    _candidate_losses(params, objective, candidates)
+    assert torch.equal(params.rotation.detach(), before)
 
 
 def test_large_rotation_recovered_with_default_options(fixed):
