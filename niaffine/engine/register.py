@@ -59,6 +59,10 @@ COARSE_STEP_FRACTION = 0.002
 COARSE_TOLERANCE = 1e-4
 #: CPU levels with fewer sample points than this (batch items together) run on one thread.
 SERIAL_POINTS = 50_000
+#: Rotation candidates are evaluated together as copies of the coarsest level's problem: at
+#: most this many copies per evaluation, and at most this many bytes of copied images.
+CANDIDATE_ITEMS = 18
+CANDIDATE_BYTES = 256 * 2**20
 #: Values of ``sampling``: where the metric samples the fixed image without a fixed mask.
 SAMPLING_REGIONS = choices.SAMPLING_REGIONS
 
@@ -400,9 +404,11 @@ def _register_batch(
         search = rotation_search is True
         if li == 0:
             _check_overlap(problem, params, fix, mov)
+            per_call = _candidates_per_call(problem)
             start_state = {k: v.detach().clone() for k, v in params.state_dict().items()}
             if search:
-                _rotation_search(params, objective, search_max_deg, search_step_deg, tolerance)
+                _rotation_search(params, objective, search_max_deg, search_step_deg, tolerance,
+                                 items_per_call=per_call)
         rigid = [getattr(params, g) for g in ("translation", "rotation") if g in params.active]
         staged = (rigid_first and li == 0 and len(rigid) < len(params.active)
                   and "rotation" in params.active)
@@ -411,10 +417,12 @@ def _register_batch(
         # basin. The stages share the level's iteration cap.
         first_cap = max(1, iters[li] // 2) if staged else iters[li]
         rep = optimise(rigid if staged else None, cap=first_cap)
-        if li == 0 and rotation_search == "auto" and _probe_beats(params, objective, rep.loss):
+        if li == 0 and rotation_search == "auto" and _probe_beats(
+                params, objective, rep.loss, items_per_call=per_call):
             LOGGER.info("a rotated start beats the coarse answer: searching rotations")
             params.load_state_dict(start_state)
-            _rotation_search(params, objective, search_max_deg, search_step_deg, tolerance)
+            _rotation_search(params, objective, search_max_deg, search_step_deg, tolerance,
+                             items_per_call=per_call)
             rep = optimise(rigid if staged else None, cap=first_cap)
         if staged:
             rep = rep.then(optimise(cap=max(1, iters[li] - rep.iterations)))
@@ -643,8 +651,17 @@ def _check_overlap(problem: LevelProblem, params, fix, mov) -> None:
                              f"transform ({100 * frac:.1f}% of fixed samples inside)")
 
 
+def _candidates_per_call(problem) -> int:
+    """How many copies of a level's problem one evaluation of rotation candidates may hold
+    (:data:`CANDIDATE_ITEMS`, fewer where its images are large: a single fine level)."""
+    per_item = sum(int(t[0].numel()) * t.element_size()
+                   for t in (problem.moving, problem.moving_mask, problem.points)
+                   if t is not None)
+    return max(1, min(CANDIDATE_ITEMS, int(CANDIDATE_BYTES // max(per_item, 1))))
+
+
 def _rotation_search(params: AffineParameters, objective, max_deg, step_deg, tolerance,
-                     keep: int = 3) -> None:
+                     keep: int = 3, items_per_call: int = CANDIDATE_ITEMS) -> None:
     """Try rotations on a grid, refine the best few briefly, keep the best per batch item."""
     radius = params.radius
     base_rot = params.rotation.detach().clone()
@@ -654,7 +671,7 @@ def _rotation_search(params: AffineParameters, objective, max_deg, step_deg, tol
         _compose_rotations(rotation_candidates(max_deg, step_deg, params.ndim),
                            (base_rot / radius).cpu().numpy()),
         device=base_rot.device) * radius  # (K, B, r)
-    losses = _candidate_losses(params, objective, candidates)  # (K, B)
+    losses = _candidate_losses(params, objective, candidates, items_per_call)  # (K, B)
     order = losses.argsort(dim=0)[:keep]
     best_loss = torch.full_like(losses[0], float("inf"))
     best_rot, best_tr = base_rot.clone(), base_tr.clone()
@@ -681,7 +698,7 @@ def _rotation_search(params: AffineParameters, objective, max_deg, step_deg, tol
 
 
 def _probe_beats(params: AffineParameters, objective, loss: torch.Tensor,
-                 angles_deg=(30.0, 60.0, 90.0)) -> bool:
+                 angles_deg=(30.0, 60.0, 90.0), items_per_call: int = CANDIDATE_ITEMS) -> bool:
     """Whether rotating any item's answer by 30/60/90 degrees about an axis lowers its loss.
 
     A coarse answer in the right basin is not beaten by such large turns; one stuck in a wrong
@@ -700,12 +717,12 @@ def _probe_beats(params: AffineParameters, objective, loss: torch.Tensor,
     candidates = torch.as_tensor(
         _compose_rotations(np.array(probes), (base / params.radius).cpu().numpy()),
         device=base.device, dtype=base.dtype) * params.radius
-    losses = _candidate_losses(params, objective, candidates)
+    losses = _candidate_losses(params, objective, candidates, items_per_call)
     return bool((losses < loss.to(losses.dtype) - 1e-4 * loss.abs()).any())
 
 
 def _candidate_losses(params: AffineParameters, objective, candidates: torch.Tensor,
-                      items_per_call: int = 18) -> torch.Tensor:
+                      items_per_call: int = CANDIDATE_ITEMS) -> torch.Tensor:
     """Losses ``(K, B)`` of the rotations ``candidates`` ``(K, B, r)``, the other parameters
     as they are, with several candidates per evaluation (up to ``items_per_call`` problems,
     at least one candidate): one warp of many small problems instead of many warps of one,

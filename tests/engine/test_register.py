@@ -731,3 +731,19 @@ def test_coarse_levels_stop_at_the_coarse_tolerance(fixed, monkeypatch):
     register(fixed[0], moving, dof=6, levels_mm=(8.0, 4.0), max_samples=5_000,
              rotation_search=False, coarse_tolerance=1e-4, tolerance=1e-6, tolerance_mm=1e-3)
     assert seen == [(1e-4, 8.0 * R.COARSE_STEP_FRACTION), (1e-6, 1e-3)]
+
+
+def test_rotation_candidates_per_evaluation_shrink_with_the_image():
+    """Candidates are evaluated as copies of the coarsest problem: 18 copies of a small
+    level, fewer of a large one (a single 1 mm level: 64 MiB per copy), never none."""
+    from types import SimpleNamespace
+
+    from niaffine.engine.register import CANDIDATE_ITEMS, _candidates_per_call
+
+    def problem(shape):
+        moving = torch.zeros(1).expand(2, 1, *shape)  # no memory behind it
+        return SimpleNamespace(moving=moving, moving_mask=None, points=torch.zeros(2, 20_000, 3))
+
+    assert _candidates_per_call(problem((32, 32, 32))) == CANDIDATE_ITEMS
+    assert _candidates_per_call(problem((256, 256, 256))) == 3
+    assert _candidates_per_call(problem((1024, 1024, 512))) == 1
