@@ -85,22 +85,25 @@ def rotation_matrix(rotvec: torch.Tensor) -> torch.Tensor:
     if rotvec.shape[-1] == 1:
         c, s = torch.cos(rotvec[:, 0]), torch.sin(rotvec[:, 0])
         return torch.stack([c, -s, s, c], -1).reshape(-1, 2, 2)
-    # R = I + a K + b K^2 with K = [v]x; K^2 = v v^T - theta^2 I, so that
-    # R = (1 - b theta^2) I + a K + b v v^T: few tensor operations (this runs at every
-    # evaluation, and on small levels their count is what costs)
-    theta2 = (rotvec * rotvec).sum(-1, keepdim=True)  # (B, 1)
+    return rodrigues(rotvec, torch, torch.eye(3, dtype=rotvec.dtype, device=rotvec.device))
+
+
+def rodrigues(v, xp, eye):
+    """Rotation matrices ``(B, 3, 3)`` of rotation vectors ``(B, 3)`` in NumPy or torch
+    (``xp``, with ``eye`` its 3x3 identity): ``R = I + a K + b K^2`` with ``K = [v]x``, and as
+    ``K^2 = v v^T - theta^2 I``, ``R = (1 - b theta^2) I + a K + b v v^T`` (few operations:
+    this runs at every evaluation, and on small levels their count is what costs)."""
+    theta2 = (v * v).sum(-1)[:, None, None]
     small = theta2 < 1e-8
-    safe2 = torch.where(small, torch.ones_like(theta2), theta2)
-    theta = torch.sqrt(safe2)
+    safe2 = xp.where(small, xp.ones_like(theta2), theta2)
+    theta = xp.sqrt(safe2)
     # sin(t)/t and (1 - cos(t))/t^2 with their Taylor series near zero.
-    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
-    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / safe2)
-    x, y, z = rotvec.unbind(-1)
-    zero = torch.zeros_like(x)
-    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(-1, 3, 3)
-    eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
-    outer = rotvec[:, :, None] * rotvec[:, None, :]
-    return ((1 - b * theta2)[..., None] * eye + a[..., None] * k + b[..., None] * outer)
+    a = xp.where(small, 1 - theta2 / 6, xp.sin(theta) / theta)
+    b = xp.where(small, 0.5 - theta2 / 24, (1 - xp.cos(theta)) / safe2)
+    x, y, w = v[:, 0], v[:, 1], v[:, 2]
+    zero = xp.zeros_like(x)
+    k = xp.stack([zero, -w, y, w, zero, -x, -y, x, zero], -1).reshape(-1, 3, 3)
+    return (1 - b * theta2) * eye + a * k + b * (v[:, :, None] * v[:, None, :])
 
 
 def shear_matrix(shear: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -109,8 +112,16 @@ def shear_matrix(shear: torch.Tensor, ndim: int) -> torch.Tensor:
     zero = torch.zeros_like(one)
     if ndim == 2:
         return torch.stack([one, shear[:, 0], zero, one], -1).reshape(-1, 2, 2)
-    s01, s02, s12 = shear.unbind(-1)  # torch.triu_indices order: (0, 1), (0, 2), (1, 2)
-    return torch.stack([one, s01, s02, zero, one, s12, zero, zero, one], -1).reshape(-1, 3, 3)
+    return upper_shear(shear, torch)
+
+
+def upper_shear(s, xp):
+    """3D unit upper-triangular shear matrices ``(B, 3, 3)`` of ``(B, 3)`` shears (entries
+    (0, 1), (0, 2), (1, 2), torch.triu_indices' order) in NumPy or torch (``xp``)."""
+    one = xp.ones_like(s[:, 0])
+    zero = xp.zeros_like(one)
+    return xp.stack([one, s[:, 0], s[:, 1], zero, one, s[:, 2], zero, zero, one],
+                    -1).reshape(-1, 3, 3)
 
 
 def _affine_from_groups(translation, rotvec, log_zoom, shear, centre, ndim: int):
@@ -130,19 +141,9 @@ def _affine_from_groups(translation, rotvec, log_zoom, shear, centre, ndim: int)
 def _matrix_3d(t, v, z, s, c, xp, eye):
     """The 3D world matrices of unscaled groups, in NumPy or torch (``xp``): the matrices,
     ``R`` and ``A = diag(exp(z)) S``. Only operations both libraries spell alike."""
-    theta2 = (v * v).sum(-1)[:, None, None]
-    small = theta2 < 1e-8
-    safe2 = xp.where(small, xp.ones_like(theta2), theta2)
-    theta = xp.sqrt(safe2)
-    a = xp.where(small, 1 - theta2 / 6, xp.sin(theta) / theta)
-    b = xp.where(small, 0.5 - theta2 / 24, (1 - xp.cos(theta)) / safe2)
-    x, y, w = v[:, 0], v[:, 1], v[:, 2]
-    zero, one = xp.zeros_like(x), xp.ones_like(x)
-    k = xp.stack([zero, -w, y, w, zero, -x, -y, x, zero], -1).reshape(-1, 3, 3)
-    # Rodrigues: I + a K + b K^2, with K^2 = v v^T - theta^2 I
-    rot = (1 - b * theta2) * eye + a * k + b * (v[:, :, None] * v[:, None, :])
-    shear = xp.stack([one, s[:, 0], s[:, 1], zero, one, s[:, 2], zero, zero, one],
-                     -1).reshape(-1, 3, 3)
+    rot = rodrigues(v, xp, eye)
+    zero, one = xp.zeros_like(v[:, 0]), xp.ones_like(v[:, 0])
+    shear = upper_shear(s, xp)
     zoom_shear = xp.exp(z)[:, :, None] * shear
     linear = rot @ zoom_shear
     offset = c + t - (linear @ c[:, :, None])[:, :, 0]
@@ -263,13 +264,7 @@ def matrix_from_rotvec(rotvec) -> np.ndarray:
     >>> np.round(matrix_from_rotvec([0.0, 0.0, np.pi / 2]) @ [1.0, 0.0, 0.0], 12) + 0.0
     array([0., 1., 0.])
     """
-    v = np.asarray(rotvec, dtype=float).reshape(3)
-    angle = float(np.linalg.norm(v))
-    k = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-    if angle < 1e-12:
-        return np.eye(3) + k
-    k /= angle
-    return np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * (k @ k)
+    return rodrigues(np.asarray(rotvec, dtype=float).reshape(1, 3), np, np.eye(3))[0]
 
 
 def rotvec_from_matrix(rotation) -> np.ndarray:
