@@ -30,6 +30,9 @@ from niaffine.bidsapp.progress import ReportsGraphSize
 
 LOGGER = logging.getLogger("niaffine.bidsapp")
 
+#: Seconds :meth:`ResilientMultiProcPlugin.stop_workers` waits for each pool's management thread.
+MANAGER_JOIN_S = 5.0
+
 
 class WorkerLostError(RuntimeError):
     """The process running a node died (twice) without returning a result."""
@@ -173,10 +176,22 @@ class ResilientMultiProcPlugin(ReportsGraphSize, MultiProcPlugin):
             self._retry_pool.shutdown()
 
     def stop_workers(self) -> None:
-        """Terminate every worker now (their nodes are lost) and let the pools go."""
+        """Terminate every worker now (their nodes are lost) and let the pools go.
+
+        Each pool's management thread is given a few seconds to notice and close its wake-up
+        pipe: on Python 3.11, an interpreter exit while it is closing that pipe (the atexit
+        hook of :mod:`concurrent.futures` writes to it without the pool's lock) printed an
+        ``OSError: [Errno 9] Bad file descriptor`` traceback after the one-line error.
+        """
+        managers = []
         for pool in (self.pool, self._retry_pool):
             if pool is None:
                 continue
+            # shutdown() drops the pool's reference to its management thread
+            managers.append(getattr(pool, "_executor_manager_thread", None))
             for process in list((getattr(pool, "_processes", None) or {}).values()):
                 process.terminate()
             pool.shutdown(wait=False, cancel_futures=True)
+        for manager in managers:
+            if manager is not None and manager.is_alive():
+                manager.join(timeout=MANAGER_JOIN_S)

@@ -102,3 +102,26 @@ def test_the_most_specific_cause_sets_the_exit_code(tmp_path):
     found = [crashes.Crash(tmp_path, "n", "c", code) for code in (1, 65, 71)]
     assert crashes.exit_code(found) == errors.EXIT_OSERR
     assert crashes.exit_code([]) == errors.EXIT_OK
+
+
+def _sleep(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_stop_workers_ends_the_pools_and_their_management_threads(tmp_path):
+    """After ``stop_workers`` (Ctrl-C, SIGTERM) no worker and no pool management thread is
+    left: the interpreter's exit then has no pipe of a closing pool to write to."""
+    plugin = ResilientMultiProcPlugin(plugin_args={"n_procs": 2})
+    futures = [plugin.pool.submit(_sleep, 30.0) for _ in range(2)]
+    processes = list(plugin.pool._processes.values())
+    manager = plugin.pool._executor_manager_thread
+    assert processes and manager.is_alive()
+    plugin.stop_workers()
+    assert not manager.is_alive()
+    for process in processes:
+        process.join(timeout=5)
+        assert not process.is_alive()
+    assert all(f.done() for f in futures)
