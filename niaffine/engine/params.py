@@ -126,16 +126,14 @@ def upper_shear(s, xp):
 
 def _affine_from_groups(translation, rotvec, log_zoom, shear, centre, ndim: int):
     """``[[L, c + t - L c], [0, 1]]`` with ``L = R(rotvec) diag(exp(log_zoom)) S(shear)``
-    through autograd (2D, and the reference the 3D closed form is tested against); also
-    returns ``R`` and ``diag(exp(log_zoom)) S``."""
-    rot = rotation_matrix(rotvec)
+    through autograd (2D, and the reference the 3D closed form is tested against)."""
     # diag(zoom) @ shear scales the shear matrix's rows
-    zoom_shear = torch.exp(log_zoom)[..., None] * shear_matrix(shear, ndim)
-    linear = rot @ zoom_shear
+    linear = rotation_matrix(rotvec) @ (torch.exp(log_zoom)[..., None]
+                                        * shear_matrix(shear, ndim))
     offset = centre + translation - (linear @ centre[..., None])[..., 0]
     out = F.pad(torch.cat([linear, offset[..., None]], dim=-1), (0, 0, 0, 1))
     out[:, -1, -1] = 1.0
-    return out, rot, zoom_shear
+    return out
 
 
 def _matrix_3d(t, v, z, s, c, xp, eye):
@@ -367,7 +365,7 @@ class AffineParameters(nn.Module):
         parts = (g["translation"], g["rotation"], g["zoom"], g["shear"], self.centre)
         if self.ndim == 3:
             return _AffineMatrix3D.apply(*parts)
-        return _affine_from_groups(*parts, self.ndim)[0]
+        return _affine_from_groups(*parts, self.ndim)
 
     def optimised(self) -> list[nn.Parameter]:
         """The parameters the optimiser moves."""

@@ -170,7 +170,7 @@ def test_closed_form_matrix_and_gradients_match_autograd(angles):
     t, v, z, s, c = _groups(rng, angles)
     upstream = torch.tensor(rng.normal(size=(3, 4, 4)))
     leaves = [x.clone().requires_grad_(True) for x in (t, v, z, s)]
-    reference = P._affine_from_groups(*leaves, c, 3)[0]
+    reference = P._affine_from_groups(*leaves, c, 3)
     (reference * upstream).sum().backward()
     expected = [x.grad for x in leaves]
 
