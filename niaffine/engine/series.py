@@ -299,7 +299,8 @@ def register_series(
             pe_direction = _find_phase_encoding(state.matrices, dw_mask, gradients, affine,
                                                 _centre(ref_img))
     weighted = list(np.flatnonzero(dw_mask))
-    if pe_direction is not None and dof == 12 and weighted and eddy_model:
+    if dof == 12 and weighted and eddy_model and (pe_direction is not None
+                                                  or gradients is not None):
         from .series_dwi import eddy_projection
 
         # per shell: eddy fields grow with the gradient's strength, hence with the b-value
@@ -307,7 +308,8 @@ def register_series(
             r2 = eddy_projection(state.matrices, members, pe_direction, _centre(ref_img),
                                  gradients)
             LOGGER.info("%s: eddy-current model along %s, linear fit R^2 %s", label,
-                        np.round(pe_direction, 3), "n/a" if r2 is None else f"{r2:.3f}")
+                        "no one axis" if pe_direction is None else np.round(pe_direction, 3),
+                        "n/a" if r2 is None else f"{r2:.3f}")
     if is_dwi and link != "mi":
         links = _link_shells(state, kinds, bvals, gradients, pe_direction, usable, ref_img,
                              link, references=(data, affine, mask_img, dev, int(seed)))

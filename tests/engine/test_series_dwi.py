@@ -58,6 +58,66 @@ def test_eddy_projection_is_exact_on_the_model_and_removes_other_shears():
     assert np.abs(noisy - true)[members].max() < 2e-3  # the scale across p is gone
 
 
+def _zoom(factors):
+    """A scale about the centre (what mutual information across contrasts gives)."""
+    out = np.eye(4)
+    out[:3, :3] = np.diag(factors)
+    out[:3, 3] = CENTRE - out[:3, :3] @ CENTRE
+    return out
+
+
+def _linear_error(matrices, truth, members):
+    """Largest deviation of the linear parts from the truth's, over ``members``."""
+    return max(float(np.abs(matrices[t][:3, :3] - truth[t][:3, :3]).max()) for t in members)
+
+
+def _zoomed(truth, members, rng, noise):
+    """``truth`` with a common cross-contrast zoom and per-volume zoom noise on ``members``."""
+    out = truth.copy()
+    for t in members:
+        out[t] = truth[t] @ _zoom([1.01, 1.012, 0.99]) @ _zoom(1.0 + rng.normal(0.0, noise, 3))
+    return out
+
+
+def test_eddy_fit_is_used_on_noisy_terms_and_drops_their_common_offset():
+    # a dark high-b shell: per-volume noise larger than the eddy terms' own spread, so the
+    # linear fit explains little of their variance, and a common zoom from the cross-contrast
+    # registration; the fit is still the better estimate by far
+    rng = np.random.default_rng(4)
+    dw, gradients, _, true = _series(rng)
+    members = list(np.flatnonzero(dw))
+    noisy = _zoomed(true, members, rng, 0.012)
+    raw_error = _linear_error(noisy, true, members)
+    r2 = D.eddy_projection(noisy, members, PE, CENTRE, gradients)
+    assert r2 < 0.6
+    assert _linear_error(noisy, true, members) < 0.2 * raw_error
+
+
+def test_eddy_fit_without_a_phase_encoding_axis_drops_the_common_zoom():
+    # eddy currents too weak to show their axis (none here): every diffusion-weighted
+    # volume keeps the zoom that mutual information across contrasts gave, plus noise
+    rng = np.random.default_rng(5)
+    dw, gradients, heads, _ = _series(rng)
+    members = list(np.flatnonzero(dw))
+    biased = _zoomed(heads, members, rng, 1e-3)
+    raw_error = _linear_error(biased, heads, members)
+    D.eddy_projection(biased, members, None, CENTRE, gradients)
+    assert _linear_error(biased, heads, members) < 0.15 * raw_error
+    # the displacement at the centre is kept
+    for t in members:
+        assert np.allclose(biased[t][:3, :3] @ CENTRE + biased[t][:3, 3],
+                           heads[t][:3, :3] @ CENTRE + heads[t][:3, 3], atol=1e-9)
+    # eddy-current distortions along an unknown axis are linear in the gradient: kept
+    _, gradients, _, true = _series(np.random.default_rng(6))
+    kept = true.copy()
+    D.eddy_projection(kept, members, None, CENTRE, gradients)
+    assert _linear_error(kept, true, members) < 3e-4  # (the polar rotation: second order)
+    # without gradients there is nothing to fit across volumes: left alone
+    alone = biased.copy()
+    assert D.eddy_projection(alone, members, None, CENTRE) is None
+    assert np.array_equal(alone, biased)
+
+
 def test_phase_encoding_axis_is_found():
     rng = np.random.default_rng(1)
     dw, gradients, _, true = _series(rng)
