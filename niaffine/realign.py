@@ -78,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pe-dir", choices=PE_CODES, default="auto",
                         help="phase-encoding direction (BIDS PhaseEncodingDirection) of a DWI: "
                              "eddy currents distort along it, so 12-dof transforms are modelled "
-                             "and their rotation read across it; auto finds the voxel axis "
-                             "along which the volumes distort [default: auto]")
+                             "and their rotation read across it; auto takes it from the "
+                             "series' BIDS JSON sidecar (x.nii.gz -> x.json) where that says, "
+                             "else finds the voxel axis along which the volumes distort "
+                             "[default: auto]")
     parser.add_argument("--b0-threshold", type=float, default=50.0,
                         help="largest b-value counted as b=0 [default: 50]")
     parser.add_argument("--confounds", type=Path,
@@ -144,7 +146,13 @@ def run(args: argparse.Namespace) -> int:
     threads.configure(args.threads)  # before torch loads: OpenMP reads its wait policy once
     from .engine.series import register_series
     from .io import load_image
-    from .series_io import load_series, phase_encoding_direction, read_bvals, read_bvecs
+    from .series_io import (
+        load_series,
+        phase_encoding_direction,
+        read_bvals,
+        read_bvecs,
+        sidecar_phase_encoding,
+    )
 
     series = load_series(args.series)
     n_volumes = series.shape[3]
@@ -158,24 +166,27 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.series}: --ref-volume {reference} is outside the series' "
                          f"{n_volumes} volumes")
     mask = load_image(args.mask, role="mask", ndim=(3,), check_values=False) if args.mask else None
+    pe_code = args.pe_dir
+    if pe_code == "auto" and bvals is not None:
+        pe_code = sidecar_phase_encoding(args.series) or "auto"
     if not args.quiet:
         kind = "DWI" if bvals is not None else "series"
         print(f"niaffine {__version__}: realigning {args.series} ({kind} of {n_volumes} volumes)",
               file=sys.stderr)
     result = register_series(
         series, reference=reference, mask=mask, dof=args.dof, metric=args.metric, bvals=bvals,
-        bvecs=bvecs, pe_direction=phase_encoding_direction(series, args.pe_dir),
+        bvecs=bvecs, pe_direction=phase_encoding_direction(series, pe_code),
         b0_threshold=args.b0_threshold, levels=args.levels, passes=args.passes,
         max_samples=args.samples, volumes_per_call=args.volumes_per_call, device=args.device,
         seed=args.seed, callback=_Progress(args.quiet),
     )
-    _write_outputs(args, result, series, bvecs)
+    _write_outputs(args, result, series, bvecs, pe_code)
     if not args.quiet:
         print(f"{args.output}: {result.summary()}")
     return 0
 
 
-def _write_outputs(args, result, series, bvecs) -> None:
+def _write_outputs(args, result, series, bvecs, pe_code: str) -> None:
     """Write every requested output, all or nothing (temporary files renamed at the end)."""
     from .engine.confounds import series_confounds
     from .engine.motion import rotate_bvecs
@@ -211,7 +222,7 @@ def _write_outputs(args, result, series, bvecs) -> None:
                      lambda p: write_confounds_json(columns, p)))
     if args.out_json:
         facts = result.to_dict() | {"series": str(args.series), "version": __version__,
-                                    "pe_direction": args.pe_dir}
+                                    "pe_direction": pe_code}
         jobs.append((args.out_json, lambda p: p.write_text(json.dumps(facts, indent=2) + "\n")))
     with contextlib.ExitStack() as stack:
         for path, job in jobs:

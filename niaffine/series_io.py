@@ -64,6 +64,37 @@ def phase_encoding_direction(series, code: str):
     return column / np.linalg.norm(column)
 
 
+def sidecar_phase_encoding(path) -> str | None:
+    """The BIDS ``PhaseEncodingDirection`` in a series' JSON sidecar (``x.nii.gz`` -> ``x.json``
+    beside it), or None where there is no sidecar or it does not say.
+
+    Raises :class:`~niaffine.errors.InputError` for a sidecar that is not JSON or holds a code
+    that is not a BIDS phase-encoding direction.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "sub-01_dwi.json").write_text('{"PhaseEncodingDirection": "j-"}')
+    >>> sidecar_phase_encoding(folder / "sub-01_dwi.nii.gz"), sidecar_phase_encoding(folder / "x.nii")
+    ('j-', None)
+    """
+    from .interfaces.common import split_nifti_name
+
+    path = Path(path)
+    sidecar = path.with_name(split_nifti_name(path)[0] + ".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(f"{sidecar}: the series' JSON sidecar cannot be read ({_short(err)}); "
+                         "fix it or give --pe-dir") from None
+    code = meta.get("PhaseEncodingDirection") if isinstance(meta, dict) else None
+    if code is not None and code not in PE_AXES:
+        raise InputError(f"{sidecar}: PhaseEncodingDirection {code!r} is not one of "
+                         f"{', '.join(PE_AXES)}")
+    return code
+
+
 def load_series(path, *, role: str = "series") -> nib.Nifti1Image:
     """Load a 4D series (validated: exists, readable, 4D, finite; the message of a NaN lists
     the volumes)."""

@@ -81,7 +81,7 @@ def test_transform_must_be_itk_text(capsys):
 def test_parser_defaults():
     args = build_parser().parse_args(["s.nii.gz", "-o", "x.txt"])
     assert (args.dof, args.metric, args.passes, args.levels, args.samples, args.device,
-            args.interpolation) == (None, "auto", 2, (4.0, 2.0, 1.0), 10000, "auto", "linear")
+            args.interpolation) == (None, "auto", 2, (4.0, 2.0, 1.0), 15000, "auto", "linear")
 
 
 # -- a full run -----------------------------------------------------------------------------
@@ -198,6 +198,33 @@ def test_dwi_rotates_bvecs(tmp_path, capsys):
     assert "framewise_displacement" in header and "dvars" not in header
 
 
+@pytest.mark.parametrize("code", ["i", "j-"])
+def test_dwi_phase_encoding_from_the_bids_sidecar(tmp_path, capsys, code):
+    """``--pe-dir auto`` reads a BIDS sidecar's PhaseEncodingDirection; the flag overrides it."""
+    case = SC.dwi()
+    paths = SC.save_case(case, tmp_path, "sub-01_dwi")
+    (tmp_path / "sub-01_dwi.json").write_text(json.dumps({"PhaseEncodingDirection": code}))
+    axis = case.series.affine[:3, {"i": 0, "j-": 1}[code]]
+    for extra, expected in (([], code), (["--pe-dir", "k"], "k")):
+        run_json = tmp_path / f"run{len(extra)}.json"
+        status, _, err = _run(capsys, [paths["series"], "-o", tmp_path / "xfm.txt", "--bval",
+                                       paths["bval"], "--bvec", paths["bvec"], "--out-json",
+                                       run_json, *extra, *FAST])
+        assert status == 0, err
+        facts = json.loads(run_json.read_text())
+        assert facts["pe_direction"] == expected
+    # the sidecar's axis is the one the eddy-current model used
+    status, _, _ = _run(capsys, [paths["series"], "-o", tmp_path / "xfm.txt", "--bval",
+                                 paths["bval"], "--bvec", paths["bvec"], *FAST])
+    matrices = load_transform_array(tmp_path / "xfm.txt", 8)
+    p = axis / np.linalg.norm(axis)
+    dw = np.flatnonzero(case.bvals > 0)
+    across = np.linalg.svd(np.eye(3) - np.outer(p, p))[0][:, :2].T
+    for t in dw:  # rows across the phase-encoding axis are those of a rotation
+        rows = across @ matrices[t][:3, :3]
+        assert np.allclose(rows @ rows.T, np.eye(2), atol=1e-6)
+
+
 @pytest.mark.skipif(shutil.which("mrinfo") is None, reason="MRtrix3 not installed")
 def test_rotated_bvecs_as_mrtrix_reads_them(tmp_path):
     """MRtrix3 reads the written b-vectors with the output image: the same world directions."""
@@ -236,6 +263,10 @@ def small_files(tmp_path_factory):
     zero[:, 2] = 0.0
     (folder / "zero.bvec").write_text("\n".join(" ".join(str(v) for v in r) for r in zero))
     (folder / "words.bval").write_text("zero thousand\n")
+    for name, sidecar in (("broken", "{not json"), ("odd", '{"PhaseEncodingDirection": "y"}')):
+        (folder / name).mkdir()
+        shutil.copy(paths["series"], folder / name / "dwi.nii.gz")
+        (folder / name / "dwi.json").write_text(sidecar)
     return {"folder": folder, **paths}
 
 
@@ -250,6 +281,10 @@ def small_files(tmp_path_factory):
      "zero-norm b-vector on diffusion-weighted volume"),
     (lambda f: [f["series"], "--bval", f["folder"] / "words.bval"], "not a b-values file"),
     (lambda f: [f["series"], "--ref-volume", "8"], "outside the series' 8 volumes"),
+    (lambda f: [f["folder"] / "broken" / "dwi.nii.gz", "--bval", f["bval"], "--bvec", f["bvec"]],
+     "dwi.json: the series' JSON sidecar cannot be read"),
+    (lambda f: [f["folder"] / "odd" / "dwi.nii.gz", "--bval", f["bval"], "--bvec", f["bvec"]],
+     "PhaseEncodingDirection 'y' is not one of"),
     (lambda f: [f["series"], "--reference", f["folder"] / "nan.nii.gz"], "must be 3D"),
     (lambda f: [f["series"], "--mask", f["folder"] / "vol3d.nii.gz", "--reference",
                 f["folder"] / "vol3d.nii.gz", "--mask", f["folder"] / "missing.nii"], "not found"),
